@@ -1,0 +1,3 @@
+from frankenlab.cli.app import main
+
+main()

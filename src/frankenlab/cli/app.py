@@ -1,0 +1,126 @@
+"""The `frankenlab` root command: FrankenlabError → one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import frankenlab
+from frankenlab.errors import FrankenlabError
+
+app = typer.Typer(
+    name="frankenlab",
+    help="What did RL change in this model, and where? Frankenstein-style analysis of IN/RL checkpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state: dict[str, bool] = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"frankenlab {frankenlab.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def info(
+    ckpt: Annotated[str, typer.Argument(help="Checkpoint directory or hub id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    cuts: Annotated[str | None, typer.Option(help="LLM partition cuts, e.g. '8,20' (default: thirds).")] = None,
+) -> None:
+    """Architecture, unified layer map, regions, sizes and fingerprint of a checkpoint."""
+    from frankenlab.checkpoint import Checkpoint
+    from frankenlab.info import describe
+
+    with Checkpoint(ckpt) as c:
+        d = describe(c, cuts=cuts)
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    _print_info(d)
+
+
+def _print_info(d: dict[str, Any]) -> None:
+    con = Console()
+    con.print(f"[bold]{d['path']}[/bold]")
+    con.print(
+        f"model_type [cyan]{d['model_type']}[/cyan] (adapter {d['family']}), layout [cyan]{d['layout']}[/cyan], "
+        f"fingerprint {d['fingerprint']}"
+    )
+    con.print(
+        f"{d['n_llm_layers']} LLM layers, {d['n_vision_blocks']} vision blocks, {d['n_tensors']} tensors, "
+        f"{d['params']:,} parameters, {_human(d['bytes'])}, dtypes {d['dtypes']}"
+    )
+    t = Table(title="Sections")
+    for col in ("section", "tensors", "parameters", "bytes"):
+        t.add_column(col, justify="right" if col != "section" else "left")
+    for name, s in d["sections"].items():
+        t.add_row(name, str(s["tensors"]), f"{s['params']:,}", _human(s["bytes"]))
+    con.print(t)
+    t = Table(title="Regions")
+    for col in ("region", "section", "blocks", "unified"):
+        t.add_column(col)
+    for r in d["regions"]:
+        blocks = f"{r['first_block']}–{r['last_block']}"
+        t.add_row(r["name"], r["section"], blocks, f"{r['unified'][0]}..{r['unified'][1]}")
+    con.print(t)
+    t = Table(title="Unified layer map")
+    for col in ("index", "section", "module", "tensors"):
+        t.add_column(col)
+    for layer in d["layers"]:
+        t.add_row(str(layer["index"]), layer["section"], ", ".join(layer["module_paths"]), str(len(layer["tensors"])))
+    con.print(t)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: expected failures exit 2 with one line on stderr."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, standalone_mode=False)
+    except FrankenlabError as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and aborts
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.stderr.write("aborted\n")
+            sys.exit(130)
+        raise
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
