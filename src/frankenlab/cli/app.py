@@ -96,6 +96,14 @@ def _print_info(d: dict[str, Any]) -> None:
     con.print(t)
 
 
+# Command groups live one per module; each registers exactly one entry here.
+from frankenlab.cli.compare import compare_cmd  # noqa: E402
+from frankenlab.cli.merge import merge_cmd  # noqa: E402
+
+app.command("compare")(compare_cmd)
+app.command("merge")(merge_cmd)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected failures exit 2 with one line on stderr."""
     args = sys.argv[1:] if argv is None else argv
