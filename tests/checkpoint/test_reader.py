@@ -25,7 +25,8 @@ def test_reads_names_shapes_dtypes_from_headers(tmp_path, text_tensors):
             assert meta.shape == tuple(t.shape)
             assert meta.dtype == "F32"
             assert meta.nbytes == t.numel() * 4
-        assert torch.equal(c.read("model.layers.1.mlp.up_proj.weight"), text_tensors["model.layers.1.mlp.up_proj.weight"])
+        name = "model.layers.1.mlp.up_proj.weight"
+        assert torch.equal(c.read(name), text_tensors[name])
         assert c.read("model.norm.weight", dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
