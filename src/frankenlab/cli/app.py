@@ -98,10 +98,12 @@ def _print_info(d: dict[str, Any]) -> None:
 
 # Command groups live one per module; each registers exactly one entry here.
 from frankenlab.cli.compare import compare_cmd  # noqa: E402
+from frankenlab.cli.freeze import freeze_app  # noqa: E402
 from frankenlab.cli.merge import merge_cmd  # noqa: E402
 
 app.command("compare")(compare_cmd)
 app.command("merge")(merge_cmd)
+app.add_typer(freeze_app, name="freeze")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        rc = app(args=args, standalone_mode=False)
     except FrankenlabError as exc:
         if debug:
             raise
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.stderr.write("aborted\n")
             sys.exit(130)
         raise
-    sys.exit(0)
+    # click returns the code of a typer.Exit raised inside a command when not standalone
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

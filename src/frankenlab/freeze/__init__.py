@@ -1,0 +1,18 @@
+"""Necessity by freezing: which parameters a region spec freezes, applying it, and proving it held."""
+
+from frankenlab.freeze.emit import emit_list, emit_regex
+from frankenlab.freeze.spec import FreezeReport, FreezeSpec, apply_freeze, frozen, parse_freeze, region_counts
+from frankenlab.freeze.verify import VerifyResult, verify_frozen
+
+__all__ = [
+    "FreezeReport",
+    "FreezeSpec",
+    "VerifyResult",
+    "apply_freeze",
+    "emit_list",
+    "emit_regex",
+    "frozen",
+    "parse_freeze",
+    "region_counts",
+    "verify_frozen",
+]
