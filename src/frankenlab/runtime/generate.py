@@ -1,0 +1,184 @@
+"""Batched generation behind one small protocol, so eval, probes and the mini-world share prompts.
+
+The Hugging Face backend renders the model's own chat template (the system prompt is explicit, never
+guessed from a model name), left-pads batches, passes every tensor the processor returns (Qwen-VL
+needs `mm_token_type_ids`, or it silently falls back to 1-D positions) and suppresses vision special
+tokens, since a sampled `<|image_pad|>` crashes the next forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>",
+                 "<image>", "<video>")
+_CONFIG_TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                     "image_token_index")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One question, optionally about one image."""
+
+    text: str
+    image: Image.Image | None = None
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything that changes an answer; recorded with results."""
+
+    max_new_tokens: int = 16
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    system_prompt: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backend(Protocol):
+    name: str
+    settings: GenerationSettings
+
+    def generate(self, prompts: Sequence[Prompt], progress: Callable[[int], None] | None = None) -> list[str]: ...
+
+
+def tokenizer_of(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+def suppressed_ids(processor: Any, config: Any = None) -> list[int]:
+    """Vision special-token ids from the vocabulary and the model config."""
+    tok = tokenizer_of(processor)
+    vocab = tok.get_vocab()
+    ids = {vocab[t] for t in VISION_TOKENS if t in vocab}
+    for cfg in (config, getattr(config, "text_config", None)):
+        for key in _CONFIG_TOKEN_IDS:
+            value = getattr(cfg, key, None) if cfg is not None else None
+            if isinstance(value, int) and 0 <= value < len(vocab) + 1024:
+                ids.add(value)
+    return sorted(ids)
+
+
+def stop_ids(processor: Any, model: Any = None) -> list[int]:
+    tok = tokenizer_of(processor)
+    vocab = tok.get_vocab()
+    ids: set[int] = {vocab[t] for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if t in vocab}
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, list):
+        ids.update(int(i) for i in gen_eos)
+    return sorted(ids)
+
+
+def build_messages(prompt: Prompt, system_prompt: str | None) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    if prompt.image is not None:
+        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.text}]})
+    else:
+        messages.append({"role": "user", "content": prompt.text})
+    return messages
+
+
+def render_prompt(processor: Any, prompt: Prompt, system_prompt: str | None = None) -> str:
+    """The exact text the model sees before generation (chat template + generation prompt)."""
+    return processor.apply_chat_template(build_messages(prompt, system_prompt), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+@contextlib.contextmanager
+def left_padding(processor: Any) -> Iterator[None]:
+    tok = tokenizer_of(processor)
+    old = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        yield
+    finally:
+        tok.padding_side = old
+
+
+def encode(processor: Any, prompts: Sequence[Prompt], system_prompt: str | None = None) -> Any:
+    """Left-padded batch with every tensor the processor produces."""
+    texts = [render_prompt(processor, p, system_prompt) for p in prompts]
+    images = [p.image.convert("RGB") for p in prompts if p.image is not None]
+    with left_padding(processor):
+        if images:
+            return processor(text=texts, images=images, padding=True, return_tensors="pt")
+        if hasattr(processor, "tokenizer"):
+            return processor(text=texts, padding=True, return_tensors="pt")
+        return processor(texts, padding=True, return_tensors="pt")
+
+
+def to_model(model: Any, batch: Any) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(model.device)
+            if value.is_floating_point():
+                value = value.to(model.dtype)
+        out[key] = value
+    return out
+
+
+class HFBackend:
+    """Batched `model.generate` on an already-loaded transformers model (in-memory merges welcome)."""
+
+    name = "hf"
+
+    def __init__(self, model: Any, processor: Any, *, settings: GenerationSettings | None = None,
+                 **overrides: Any) -> None:
+        base = settings or GenerationSettings()
+        self.settings = GenerationSettings(**{**base.to_dict(), **overrides})
+        self.model = model
+        self.processor = processor
+        self._suppress = suppressed_ids(processor, getattr(model, "config", None))
+        self._stop = stop_ids(processor, model)
+        tok = tokenizer_of(processor)
+        self._pad = tok.pad_token_id if tok.pad_token_id is not None else (self._stop[0] if self._stop else 0)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        kw: dict[str, Any] = {"max_new_tokens": s.max_new_tokens, "do_sample": s.do_sample,
+                              "eos_token_id": self._stop, "pad_token_id": self._pad}
+        if self._suppress:
+            kw["suppress_tokens"] = self._suppress
+        if s.do_sample:
+            kw.update(temperature=s.temperature, top_p=s.top_p)
+        else:
+            kw.update(temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def generate(self, prompts: Sequence[Prompt], progress: Callable[[int], None] | None = None) -> list[str]:
+        import torch
+
+        out: list[str] = []
+        tok = tokenizer_of(self.processor)
+        bs = max(1, self.settings.batch_size)
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.settings.seed)
+            for start in range(0, len(prompts), bs):
+                chunk = prompts[start:start + bs]
+                inputs = to_model(self.model, encode(self.processor, chunk, self.settings.system_prompt))
+                ids = self.model.generate(**inputs, **self.generate_kwargs())
+                new = ids[:, inputs["input_ids"].shape[1]:]
+                out.extend(tok.batch_decode(new, skip_special_tokens=True))
+                if progress is not None:
+                    progress(len(chunk))
+        return [s.strip() for s in out]
