@@ -41,3 +41,11 @@ class FreezeError(FrankenlabError):
 
 class TaskError(FrankenlabError):
     """A task or probe set that cannot be loaded or is malformed."""
+
+
+class ProbeError(FrankenlabError):
+    """A probe (visual K/V swap, layer ablation, attention share) that cannot run as asked."""
+
+
+class EvalError(FrankenlabError):
+    """An evaluation that cannot run or resume (bad settings, missing descriptions, endpoint failures)."""

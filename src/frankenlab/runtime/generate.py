@@ -182,3 +182,24 @@ class HFBackend:
                 if progress is not None:
                     progress(len(chunk))
         return [s.strip() for s in out]
+
+
+@contextlib.contextmanager
+def without_checkpoint_generation_config(model: Any) -> Iterator[None]:
+    """Generate with transformers' defaults plus explicit settings only, then restore the model's config.
+
+    `model.generate` fills every argument left unset from `model.generation_config` (repetition penalty,
+    top-k, suppressed tokens, ...), so a checkpoint's generation_config.json silently changes answers.
+    Inside this block only the token ids (bos/eos/pad) are kept from it.
+    """
+    from transformers import GenerationConfig
+
+    old = model.generation_config
+    model.generation_config = GenerationConfig(
+        bos_token_id=getattr(old, "bos_token_id", None), eos_token_id=getattr(old, "eos_token_id", None),
+        pad_token_id=getattr(old, "pad_token_id", None),
+        decoder_start_token_id=getattr(old, "decoder_start_token_id", None))
+    try:
+        yield
+    finally:
+        model.generation_config = old

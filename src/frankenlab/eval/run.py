@@ -1,0 +1,314 @@
+"""`evaluate`: several models × tasks × settings, batched, graded, written as it goes, resumable.
+
+Layout of ``out_dir``: ``run.json`` (what decides answers: settings, prompts, task versions, chosen
+ids, per-model fingerprints and generation settings), ``selection.json`` (chosen ids per task),
+``descriptions.jsonl`` (the one description per image item every model sees), ``items.jsonl``
+(one record per model × task × item × setting, appended and flushed per batch), then the tables
+``summary``, ``metrics`` and, with two or more models, ``comparisons`` (.csv + .parquet, atomic),
+``summary.png`` / ``metrics.png`` and ``manifest.json``.
+
+A rerun with the same configuration skips every record already written, so an interrupted run
+resumes; a different configuration is refused rather than mixed in. Per-item failures (a generation
+error, a timeout, an ungradable gold, a failed description or judge call) are recorded with the
+exception text and count as wrong, in ``n`` and in ``n_failed``; nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from frankenlab.errors import EvalError, FrankenlabError, GradingError, OutputError
+from frankenlab.eval.config import SETTINGS, EvalConfig
+from frankenlab.eval.describe import Describer, DescriptionResult, resolve_descriptions, source_key
+from frankenlab.eval.judge import LLMJudge
+from frankenlab.eval.models import label_models, model_info, open_backend
+from frankenlab.eval.records import RecordStore
+from frankenlab.eval.settings import build_prompt, question_text, settings_for
+from frankenlab.eval.tables import (
+    COMPARISON_COLUMNS,
+    METRIC_COLUMNS,
+    SUMMARY_COLUMNS,
+    RunOrder,
+    Stats,
+    comparisons_table,
+    metrics_table,
+    summary_table,
+)
+from frankenlab.grading import grade, math_verify_available
+from frankenlab.io import write_json, write_table
+from frankenlab.manifest import build_manifest, settings_key, write_manifest
+from frankenlab.tasks import Task, TaskItem, load_tasks
+
+__all__ = ["EvalResult", "ProgressEvent", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """``kind``: "describe", "model_start" (total = records to make), "record", "model_done"."""
+
+    kind: str
+    model: str | None
+    done: int
+    total: int
+    record: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    out_dir: Path
+    summary: pd.DataFrame
+    metrics: pd.DataFrame
+    comparisons: pd.DataFrame
+    n_records: int
+    n_new: int
+    n_failed: int
+
+
+@dataclass(frozen=True)
+class _Job:
+    task: str
+    item: TaskItem
+    setting: str
+
+
+def _config(config: EvalConfig | None, settings: str | Sequence[str], overrides: Mapping[str, Any]) -> EvalConfig:
+    base = config.model_dump() if config is not None else {}
+    try:
+        return EvalConfig(**{**base, "settings": settings, **overrides})
+    except ValidationError as exc:
+        raise EvalError(f"invalid evaluation settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+
+
+def _models(models: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+    if isinstance(models, Mapping):
+        if not models:
+            raise EvalError("no models given.")
+        return dict(models)
+    return dict(label_models([str(m) for m in models]))
+
+
+def _tasks(tasks: Any, load_dataset: Callable[..., Any] | None) -> list[Task]:
+    if isinstance(tasks, Task):
+        return [tasks]
+    if isinstance(tasks, Sequence) and not isinstance(tasks, str) and all(isinstance(t, Task) for t in tasks):
+        return list(tasks)
+    return load_tasks(tasks, load_dataset=load_dataset)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> dict[str, Any] | None:
+    """The previous run.json (None for a fresh directory); refuses directories that are not eval outputs."""
+    import json
+
+    run_path = out / "run.json"
+    prev = json.loads(run_path.read_text()) if run_path.is_file() else None
+    if out.exists() and prev is None and any(out.iterdir()):
+        raise OutputError(f"{out} exists and is not a frankenlab eval output (no run.json); choose another --out.")
+    if overwrite and prev is not None:
+        shutil.rmtree(out)
+        return None
+    return prev
+
+
+def _check_same(prev: Mapping[str, Any], key_fields: Mapping[str, Any]) -> None:
+    old = prev.get("key_fields", {})
+    diff = sorted(k for k in set(old) | set(key_fields) if old.get(k) != key_fields.get(k))
+    if diff:
+        raise EvalError(f"the output directory holds a run with other {', '.join(diff)}; resume with the same "
+                        "settings, choose another --out, or pass --overwrite to start again.")
+
+
+def _check_model(prev_models: Mapping[str, Any], label: str, field: str, value: Any) -> None:
+    old = prev_models.get(label, {}).get(field)
+    if old is not None and value is not None and old != value:
+        raise EvalError(f"model {label!r}: {field} differs from the earlier run in this directory ({old!r} vs "
+                        f"{value!r}); use another label or --out.")
+
+
+def _grade(rec: dict[str, Any], item: TaskItem, judge: LLMJudge | None, prompt_suffix: str) -> None:
+    v = grade(rec["response"], item.answer, list(item.choices) if item.choices else None,
+              answer_type=item.answer_type)
+    rec.update(extracted=v.extracted, extraction=v.extraction, rule=v.rule, rule_correct=v.correct,
+               correct=v.correct, decided_by="rules")
+    if judge is not None:
+        jv = judge.judge(question_text(item, prompt_suffix), item.answer, rec["response"], item.choices)
+        rec.update(judge=jv.raw, correct=jv.correct, decided_by="llm_judge")
+
+
+def _new_record(label: str, job: _Job) -> dict[str, Any]:
+    it = job.item
+    return {"model": label, "task": job.task, "item_id": it.id, "setting": job.setting, "prompt": None,
+            "answer": it.answer, "answer_type": it.answer_type, "choices": list(it.choices) if it.choices else None,
+            "response": None, "extracted": None, "extraction": None, "rule": None, "rule_correct": None,
+            "decided_by": None, "judge": None, "correct": False, "error": None, "elapsed_s": None}
+
+
+def _run_chunk(label: str, backend: Any, chunk: Sequence[_Job], cfg: EvalConfig,
+               descriptions: Mapping[tuple[str, str], DescriptionResult], judge: LLMJudge | None) -> list[dict]:
+    records = [_new_record(label, j) for j in chunk]
+    prompts: dict[int, Any] = {}
+    for i, (job, rec) in enumerate(zip(chunk, records)):
+        desc = descriptions.get((job.task, job.item.id)) if job.setting == "described" else None
+        try:
+            if desc is not None and desc.text is None:
+                raise EvalError(f"description failed: {desc.error}")
+            prompts[i] = build_prompt(job.item, job.setting, description=desc.text if desc else None,
+                                      prompt_suffix=cfg.prompt_suffix, description_template=cfg.description_template)
+            rec["prompt"] = prompts[i].text
+        except FrankenlabError as exc:
+            rec["error"] = f"{type(exc).__name__}: {exc}"
+    order = sorted(prompts)
+    t0 = time.perf_counter()
+    try:
+        responses = dict(zip(order, backend.generate([prompts[i] for i in order]), strict=True))
+    except Exception as exc:  # a batch failed: isolate the items that fail on their own
+        if len(order) == 1:
+            responses = {}
+            records[order[0]]["error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            log.warning("batch of %d failed (%s); retrying one at a time", len(order), exc)
+            responses = {}
+            for i in order:
+                try:
+                    (responses[i],) = backend.generate([prompts[i]])
+                except Exception as one_exc:  # recorded per item, never dropped
+                    records[i]["error"] = f"{type(one_exc).__name__}: {one_exc}"
+    elapsed = time.perf_counter() - t0
+    timed_out = cfg.timeout_s is not None and elapsed >= cfg.timeout_s and getattr(backend, "name", "") == "hf"
+    for i, response in responses.items():
+        rec = records[i]
+        rec["response"], rec["elapsed_s"] = response, round(elapsed / max(1, len(order)), 4)
+        if timed_out:
+            rec["error"] = f"timeout: the generation batch hit the {cfg.timeout_s:g} s limit (response truncated)."
+            continue
+        try:
+            _grade(rec, chunk[i].item, judge, cfg.prompt_suffix)
+        except (GradingError, EvalError) as exc:
+            rec["error"] = f"{type(exc).__name__}: {exc}"
+            rec["correct"] = False
+    return records
+
+
+def _selection_hash(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\x00".join(ids).encode()).hexdigest()[:16]
+
+
+def evaluate(models: Mapping[str, Any] | Sequence[str], tasks: Any, settings: str | Sequence[str] = SETTINGS,
+             out_dir: str | os.PathLike[str] = "eval-out", *, config: EvalConfig | None = None,
+             descriptions: str | os.PathLike[str] | Describer | None = None, judge: LLMJudge | None = None,
+             progress: Callable[[ProgressEvent], None] | None = None, overwrite: bool = False,
+             load_dataset: Callable[..., Any] | None = None, **overrides: Any) -> EvalResult:
+    """Evaluate ``models`` ({label: checkpoint path | (model, processor) | backend}, or paths) on ``tasks``.
+
+    ``tasks``: Task objects, or specs for :func:`frankenlab.tasks.load_tasks`. ``overrides`` are
+    :class:`EvalConfig` fields (``limit=``, ``seed=``, ``generation=``, ``system_prompt=``, ...).
+    ``progress`` receives :class:`ProgressEvent`s; an exception it raises stops the run, which resumes later.
+    """
+    cfg = _config(config, settings, overrides)
+    sources = _models(models)
+    selected = [t.subsample(cfg.limit, cfg.seed) for t in _tasks(tasks, load_dataset)]
+    out = Path(out_dir)
+    prev = _prepare_out(out, overwrite)
+    selection = {t.name: t.ids() for t in selected}
+    needs_desc = "described" in cfg.settings and any(it.has_image for t in selected for it in t.items)
+    key_fields = {
+        **cfg.answer_key(),
+        "tasks": {t.name: {"version": t.version, "n": len(t.items), "ids": _selection_hash(t.ids())}
+                  for t in selected},
+        "descriptions": source_key(descriptions) if needs_desc else None,
+        "judge": judge.key if judge is not None else None,
+    }
+    if prev is not None:
+        _check_same(prev, key_fields)
+    infos = {label: model_info(label, src) for label, src in sources.items()}
+    prev_models: dict[str, Any] = dict(prev.get("models", {})) if prev else {}
+    for label, info in infos.items():
+        _check_model(prev_models, label, "fingerprint", info.fingerprint)
+    run_models = {**prev_models, **{label: {**prev_models.get(label, {}), "kind": info.kind, "source": info.source,
+                                            "fingerprint": info.fingerprint} for label, info in infos.items()}}
+    desc: dict[tuple[str, str], DescriptionResult] = {}
+    if needs_desc:  # before anything else is written: a missing description is a setup error
+        def on_desc(done: int, total: int) -> None:
+            if progress is not None:
+                progress(ProgressEvent("describe", None, done, total))
+
+        desc = resolve_descriptions(selected, descriptions, out / "descriptions.jsonl", progress=on_desc)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save_run() -> None:
+        write_json(out / "run.json", {"key": settings_key(key_fields), "key_fields": key_fields,
+                                      "config": cfg.model_dump(mode="json"), "selection": selection,
+                                      "models": run_models})
+
+    save_run()
+    write_json(out / "selection.json", {"limit": cfg.limit, "seed": cfg.seed, "tasks": selection})
+    store = RecordStore(out / "items.jsonl")
+    if cfg.retry_failed:
+        store.drop([(r["model"], r["task"], r["item_id"], r["setting"]) for r in store.records()
+                    if r.get("error") and r["model"] in sources])
+    n_new = 0
+    for label, source in sources.items():
+        jobs = [_Job(t.name, it, s) for t in selected for it in t.items for s in settings_for(it, cfg.settings)
+                if (label, t.name, it.id, s) not in store]
+        if not jobs:
+            continue
+        with open_backend(label, source, cfg) as (backend, report):
+            _check_model(prev_models, label, "generation", report["generation"])
+            _check_model(prev_models, label, "backend", report["backend"])
+            run_models[label].update(report)
+            save_run()
+            if progress is not None:
+                progress(ProgressEvent("model_start", label, 0, len(jobs)))
+            bs = max(1, backend.settings.batch_size)
+            done = 0
+            for start in range(0, len(jobs), bs):
+                records = _run_chunk(label, backend, jobs[start:start + bs], cfg, desc, judge)
+                store.append(records)
+                n_new += len(records)
+                for rec in records:
+                    done += 1
+                    if progress is not None:
+                        progress(ProgressEvent("record", label, done, len(jobs), rec))
+            if progress is not None:
+                progress(ProgressEvent("model_done", label, done, len(jobs)))
+    return _finish(out, cfg, store, run_models, selection, key_fields, n_new)
+
+
+def _finish(out: Path, cfg: EvalConfig, store: RecordStore, run_models: Mapping[str, Any],
+            selection: Mapping[str, Sequence[str]], key_fields: Mapping[str, Any], n_new: int) -> EvalResult:
+    wanted = {(t, i) for t, ids in selection.items() for i in ids}
+    records = [r for r in store.records() if r["model"] in run_models and (r["task"], r["item_id"]) in wanted]
+    order = RunOrder(models=list(run_models), tasks=selection)
+    stats = Stats(cfg.n_boot, cfg.confidence, cfg.ci_seed)
+    summary = summary_table(records, order, stats)
+    metrics = metrics_table(records, order, stats)
+    comparisons = comparisons_table(records, order, stats)
+    write_table(summary, out / "summary", columns=SUMMARY_COLUMNS)
+    write_table(metrics, out / "metrics", columns=METRIC_COLUMNS)
+    if len(run_models) > 1:
+        write_table(comparisons, out / "comparisons", columns=COMPARISON_COLUMNS)
+    if cfg.plots:
+        from frankenlab.eval.plots import plot_metrics, plot_summary
+
+        plot_summary(summary, out / "summary.png")
+        plot_metrics(metrics, out / "metrics.png")
+    n_failed = sum(1 for r in records if r.get("error"))
+    write_manifest(out, build_manifest(
+        "eval", args=cfg.model_dump(mode="json"), seed=cfg.seed,
+        inputs={label: str(m.get("fingerprint")) for label, m in run_models.items()},
+        extra={"key_fields": key_fields, "models": dict(run_models), "n_records": len(records),
+               "n_failed": n_failed, "math_verify": math_verify_available(),
+               "failed_items_policy": "failed = wrong; counted in n and n_failed"}))
+    return EvalResult(out, summary, metrics, comparisons, len(records), n_new, n_failed)
