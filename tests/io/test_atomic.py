@@ -55,3 +55,18 @@ def test_write_table_orders_columns_and_writes_both(tmp_path):
     pq = pd.read_parquet(tmp_path / "t.parquet")
     assert list(csv.columns) == ["a", "b", "z"] == list(pq.columns)
     assert csv["a"].tolist() == [3, 4]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        p = write_json(tmp_path / "m.json", {})
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

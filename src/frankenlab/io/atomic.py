@@ -14,6 +14,12 @@ from typing import IO, Any
 from frankenlab.errors import OutputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: str = "w", **kw: Any) -> Iterator[IO[Any]]:
     """Open a temporary sibling of `path`; it replaces `path` only if the block succeeds."""
@@ -21,6 +27,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w", **kw: Any) -> Ite
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared like any file
     try:
         with open(tmp, mode, **kw) as fh:
             yield fh
@@ -55,6 +62,7 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
         raise OutputError(f"{target} already exists; choose another output or pass --overwrite.")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if target.exists():

@@ -1,0 +1,202 @@
+"""Visual-token K/V swapping for one (target, source, prompt) triple, batched over layers.
+
+One prefill of the source keeps its post-RoPE keys/values at the image-token positions for every
+decoder layer. The target prompt is then answered in batches whose rows are layer variants (the
+prompt is the same for every variant): row "base" is the unswapped target, row "source" the
+unswapped source (same length, so it rides along for free), and row L swaps the image-token K/V at
+layers ≥ L ("suffix", the paper's semantics) or at L only ("single"). The swap rewrites the prefill,
+and with it the cache; decode steps neither append nor re-swap anything.
+
+Decoding-free score: the log-probability margin log p(source answer) − log p(target answer) at the
+first answer token where the two answers' tokenizations differ (teacher-forcing their shared
+prefix, if any, under the same swap).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from frankenlab.errors import ProbeError
+from frankenlab.probe.hooks import VisualKV, capture_kv, swap_visual_kv
+from frankenlab.probe.run import append_tokens, repeat_rows
+from frankenlab.runtime.generate import GenerationSettings, HFBackend, Prompt, encode, to_model, tokenizer_of
+
+__all__ = [
+    "SwapResult",
+    "VisionProbeSettings",
+    "capture_source",
+    "image_token_id",
+    "layer_variants",
+    "marker_token_ids",
+    "parse_layers",
+    "swap_pair",
+]
+
+log = logging.getLogger(__name__)
+
+
+class VisionProbeSettings(BaseModel):
+    """Everything that changes a vision-probe result (recorded in the manifest and the resume key)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: Literal["suffix", "single"] = Field("suffix", description="suffix: swap at layers >= L; single: at L only.")
+    layers: tuple[int, ...] | None = Field(None, description="Decoder layers L to probe (0-based); None = all.")
+    max_new_tokens: int = Field(16, ge=1, description="Greedy answer length limit.")
+    layer_batch: int = Field(8, ge=1, description="Rows (layer variants) per batched target pass.")
+    system_prompt: str | None = Field(None, description="System prompt for every question (None: the template's).")
+    n_boot: int = Field(1000, ge=1, description="Bootstrap resamples for the margin interval.")
+    seed: int = Field(0, description="Seed of the bootstrap.")
+
+
+def parse_layers(spec: str | None, n_layers: int) -> tuple[int, ...] | None:
+    """'all' / None, '0,4,8', '0-27', '0-27:4' (every 4th) → sorted decoder-layer numbers."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return None
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        step = 1
+        if ":" in part:
+            part, step_s = part.split(":", 1)
+            step = int(step_s)
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                out.update(range(lo, hi + 1, max(1, step)))
+            else:
+                out.add(int(part))
+        except ValueError as exc:
+            raise ProbeError(f"cannot read layer spec {spec!r}; use e.g. '0,4,8', '0-27' or '0-27:4'.") from exc
+    bad = sorted(i for i in out if not 0 <= i < n_layers)
+    if bad:
+        raise ProbeError(f"layers {bad} are out of range; the model has decoder layers 0..{n_layers - 1}.")
+    return tuple(sorted(out))
+
+
+def image_token_id(model: Any) -> int:
+    cfg = model.config
+    for key in ("image_token_id", "image_token_index"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int):
+            return value
+    raise ProbeError(f"{type(model).__name__} declares no image token id (image_token_id / image_token_index); the "
+                     "vision probes need a vision-language model.")
+
+
+def marker_token_ids(model: Any) -> list[int]:
+    """Vision start/end marker ids (Qwen-VL); empty for families without markers (LLaVA)."""
+    cfg = model.config
+    return [v for k in ("vision_start_token_id", "vision_end_token_id") if isinstance(v := getattr(cfg, k, None), int)]
+
+
+def layer_variants(n_layers: int, layers: Sequence[int] | None, mode: str) -> list[tuple[int, frozenset[int]]]:
+    """(L, decoder layers swapped) for each probed L."""
+    chosen = range(n_layers) if layers is None else layers
+    if mode == "suffix":
+        return [(L, frozenset(range(L, n_layers))) for L in chosen]
+    if mode == "single":
+        return [(L, frozenset({L})) for L in chosen]
+    raise ProbeError(f"unknown swap mode {mode!r}; use 'suffix' or 'single'.")
+
+
+def capture_source(model: Any, adapter: Any, inputs: dict[str, Any], positions: torch.Tensor) -> VisualKV:
+    """One source prefill (no cache kept, last-position logits only) → its image-token K/V per layer."""
+    with torch.inference_mode(), capture_kv(model, adapter, positions) as kept:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    n = len(adapter.decoder_layers(model))
+    return VisualKV(positions=positions.cpu(), keys=tuple(kept[i][0][0] for i in range(n)),
+                    values=tuple(kept[i][1][0] for i in range(n)), prompt_len=int(inputs["input_ids"].shape[1]))
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    """Answers and margins for one pair: keys "base", "source" and str(L) for each probed layer."""
+
+    answers: dict[str, str]
+    margins: dict[str, float]
+    resized: bool
+    n_image_tokens: int
+    margin_prefix: int  # answer tokens shared by both answers (teacher-forced); -1: no margin (prefix answers)
+
+
+def _image_positions(inputs: dict[str, Any], image_id: int) -> torch.Tensor:
+    return (inputs["input_ids"][0] == image_id).nonzero().flatten()
+
+
+def _answer_ids(tok: Any, target: str, source: str) -> tuple[list[int], int, int] | None:
+    """(shared prefix ids, first differing target id, first differing source id); None if one answer's
+    tokens are a prefix of the other's ("1" vs "12": no single token decides between them)."""
+    t = tok(target, add_special_tokens=False)["input_ids"]
+    s = tok(source, add_special_tokens=False)["input_ids"]
+    k = 0
+    while k < min(len(t), len(s)) and t[k] == s[k]:
+        k += 1
+    if k == len(t) or k == len(s):
+        return None
+    return t[:k], t[k], s[k]
+
+
+def swap_pair(model: Any, processor: Any, adapter: Any, target_image: Image.Image, source_image: Image.Image,
+              prompt: str, target_answer: str, source_answer: str, settings: VisionProbeSettings) -> SwapResult:
+    """Answer `prompt` about the target with the source's image K/V swapped in, for every layer variant."""
+    image_id = image_token_id(model)
+    tok = tokenizer_of(processor)
+    n_layers = len(adapter.decoder_layers(model))
+    gen = HFBackend(model, processor, settings=GenerationSettings(
+        max_new_tokens=settings.max_new_tokens, system_prompt=settings.system_prompt))
+    kw = {**gen.generate_kwargs(), "return_dict_in_generate": True, "output_logits": True}
+
+    def enc(image: Image.Image) -> dict[str, Any]:
+        return to_model(model, encode(processor, [Prompt(prompt, image)], settings.system_prompt))
+
+    target = enc(target_image)
+    source = enc(source_image)
+    t_pos = _image_positions(target, image_id)
+    resized = False
+    if _image_positions(source, image_id).numel() != t_pos.numel():
+        source = enc(source_image.resize(target_image.size, Image.Resampling.BICUBIC))
+        resized = True
+    if t_pos.numel() == 0:
+        raise ProbeError("the target prompt holds no image tokens; check the processor and chat template.")
+    if not torch.equal(_image_positions(source, image_id), t_pos) or source["input_ids"].shape != target[
+            "input_ids"].shape:
+        raise ProbeError("source and target prompts place their image tokens differently even after resizing; "
+                         "use images of the same size and one prompt.")
+    src = capture_source(model, adapter, source, t_pos)
+    scored = _answer_ids(tok, target_answer, source_answer)
+    prefix = scored[0] if scored is not None else []
+
+    rows: list[tuple[str, frozenset[int]]] = [("base", frozenset()), ("source", frozenset())]
+    rows += [(str(L), swapped) for L, swapped in layer_variants(n_layers, settings.layers, settings.mode)]
+    answers: dict[str, str] = {}
+    margins: dict[str, float] = {}
+    P = int(target["input_ids"].shape[1])
+    for start in range(0, len(rows), settings.layer_batch):
+        chunk = rows[start:start + settings.layer_batch]
+        inputs = repeat_rows([source if name == "source" else target for name, _ in chunk])
+        plan = [swapped for _, swapped in chunk]
+        with torch.inference_mode(), swap_visual_kv(model, adapter, src, plan) as state:
+            out = model.generate(**inputs, **kw)
+            if any(v != 1 for v in state.applied.values()):
+                raise ProbeError(f"the swap ran {state.applied} times per layer in one generation; expected once.")
+            if scored is None:
+                first = None
+            elif prefix:
+                first = model(**append_tokens(inputs, prefix), use_cache=False, logits_to_keep=1).logits[:, -1]
+            else:
+                first = out.logits[0]
+        logp = torch.log_softmax(first.float(), dim=-1) if first is not None else None
+        texts = tok.batch_decode(out.sequences[:, P:], skip_special_tokens=True)
+        for r, (name, _) in enumerate(chunk):
+            answers[name] = texts[r].strip()
+            margins[name] = float(logp[r, scored[2]] - logp[r, scored[1]]) if logp is not None and scored else math.nan
+    return SwapResult(answers, margins, resized, int(t_pos.numel()), len(prefix) if scored is not None else -1)
