@@ -30,6 +30,7 @@ def _config(n_llm: int, n_vis: int) -> dict:
         vision_config=dict(depth=n_vis, hidden_size=V_HIDDEN, intermediate_size=V_INTER, num_heads=16,
                            out_hidden_size=HIDDEN, fullatt_block_indexes=[n_vis - 1]),
         torch_dtype="bfloat16",
+        architectures=["Qwen2_5_VLForConditionalGeneration"],  # mergekit (and AutoConfig users) need it
     )
     return cfg.to_dict()
 

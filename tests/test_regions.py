@@ -77,3 +77,9 @@ def test_text_model_has_no_vision():
     with pytest.raises(RegionError, match="no vision encoder"):
         parse_region("vision", a)
     assert [r.name for r in standard_regions(a)] == ["early", "mid", "late"]
+
+
+def test_default_thirds_need_three_layers():
+    with pytest.raises(RegionError, match="at least 3"):
+        Partition.make(2)
+    assert Partition.make(2, "1").names == ("part0", "part1")

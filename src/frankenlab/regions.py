@@ -63,6 +63,11 @@ def default_cuts(n_llm_layers: int) -> tuple[int, int]:
 def parse_cuts(cuts: str | tuple[int, ...] | list[int] | None, n_llm_layers: int) -> tuple[int, ...]:
     """`"8,20"` → (8, 20): strictly increasing, each in 1..n-1, so no part is empty."""
     if cuts is None or cuts == "":
+        if n_llm_layers < 3:
+            raise RegionError(
+                f"the model has {n_llm_layers} LLM layer(s): default thirds need at least 3; pass cuts explicitly "
+                "(e.g. --cuts 1 for two parts)."
+            )
         return default_cuts(n_llm_layers)
     if isinstance(cuts, str):
         try:

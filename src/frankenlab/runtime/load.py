@@ -1,0 +1,84 @@
+"""Checkpoint directory → transformers model (and processor), offline, with explicit dtype/device.
+
+VLM families load with `AutoModelForImageTextToText`, text-only ones with `AutoModelForCausalLM`;
+the adapter (from config.json) decides which. The in-memory parameter names of the result are
+frankenlab's canonical tensor names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from frankenlab.checkpoint import Checkpoint
+from frankenlab.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+def _root_and_vision(path: str | os.PathLike[str] | Checkpoint) -> tuple[str, bool]:
+    if isinstance(path, Checkpoint):
+        return str(path.root), path.adapter.has_vision
+    with Checkpoint(path) as c:
+        return str(c.root), c.adapter.has_vision
+
+
+def resolve_torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """None → "auto" (as stored); strings like "bf16", "bfloat16", "F32" → torch dtypes."""
+    if dtype is None or dtype == "auto":
+        return "auto"
+    from frankenlab.io.shards import torch_dtype
+
+    return torch_dtype(dtype)
+
+
+def load_model(path: str | os.PathLike[str] | Checkpoint, *, dtype: str | torch.dtype | None = None,
+               device: str | torch.device = "cpu", attn_implementation: str | None = None) -> PreTrainedModel:
+    """Load a checkpoint directory (or an open Checkpoint) as a transformers model in eval mode.
+
+    `dtype=None` keeps the stored dtype; `attn_implementation` is passed through ("eager", "sdpa", ...).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    root, has_vision = _root_and_vision(path)
+    cls = AutoModelForImageTextToText if has_vision else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {"dtype": resolve_torch_dtype(dtype), "local_files_only": True}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = cls.from_pretrained(root, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"transformers cannot load {root} with {cls.__name__} ({exc}).") from exc
+    if str(device) != "cpu":
+        model = model.to(device)
+    model.eval()
+    return model
+
+
+def load_processor(path: str | os.PathLike[str] | Checkpoint) -> Any:
+    """The processor (VLMs) or tokenizer (text models) saved with a checkpoint."""
+    root = str(path.root) if isinstance(path, Checkpoint) else str(path)
+    try:
+        from frankenlab.compat import load_processor as _compat_load
+    except ImportError:  # pragma: no cover - compat ships with frankenlab; kept for partial installs
+        _compat_load = None
+    try:
+        if _compat_load is not None:
+            return _compat_load(root)
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(root, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot load a processor or tokenizer from {root} ({exc}).") from exc
+
+
+def load(path: str | os.PathLike[str] | Checkpoint, *, dtype: str | torch.dtype | None = None,
+         device: str | torch.device = "cpu", attn_implementation: str | None = None) -> tuple[PreTrainedModel, Any]:
+    """(model, processor) of a checkpoint directory."""
+    return (load_model(path, dtype=dtype, device=device, attn_implementation=attn_implementation),
+            load_processor(path))
