@@ -101,13 +101,19 @@ from frankenlab.cli.compare import compare_cmd  # noqa: E402
 from frankenlab.cli.eval import eval_cmd  # noqa: E402
 from frankenlab.cli.freeze import freeze_app  # noqa: E402
 from frankenlab.cli.merge import merge_cmd  # noqa: E402
+from frankenlab.cli.miniworld import miniworld_app  # noqa: E402
 from frankenlab.cli.probe import probe_app  # noqa: E402
+from frankenlab.cli.study import study_cmd  # noqa: E402
+from frankenlab.cli.rl import rl_cmd  # noqa: E402
 
 app.command("compare")(compare_cmd)
 app.command("eval")(eval_cmd)
 app.command("merge")(merge_cmd)
 app.add_typer(freeze_app, name="freeze")
+app.add_typer(miniworld_app, name="miniworld")
+app.command("rl")(rl_cmd)
 app.add_typer(probe_app, name="probe")
+app.command("study")(study_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

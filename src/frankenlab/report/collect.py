@@ -1,0 +1,58 @@
+"""Read what each stage wrote (tables, plots, manifests) into one record per recipe."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class RecipeData:
+    name: str
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # role → {path, fingerprint, model_type}
+    tables: dict[str, pd.DataFrame | None] = field(default_factory=dict)
+    plots: dict[str, list[Path]] = field(default_factory=dict)  # section → PNGs
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _pngs(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.png")) if folder.exists() else []
+
+
+def collect_recipe(name: str, stage_dirs: dict[str, Path], inputs: dict[str, dict[str, Any]]) -> RecipeData:
+    """Gather every table the report shows; a stage that did not run leaves its entries None."""
+    d = RecipeData(name=name, inputs=inputs)
+    cmp_dir = stage_dirs["compare"]
+    d.tables["compare_layers"] = _csv(cmp_dir / "layers.csv")
+    d.tables["compare_regions"] = _csv(cmp_dir / "regions.csv")
+    d.plots["compare"] = _pngs(cmp_dir / "plots")
+    for role in ("IN", "RL"):
+        v = stage_dirs["probe_vision"] / role
+        d.tables[f"vision_{role.lower()}"] = _csv(v / "vision_layers.csv")
+        a = stage_dirs["probe_ablate"] / role
+        d.tables[f"ablation_{role.lower()}"] = _csv(a / "ablation_layers.csv")
+    d.plots["probe_vision"] = _pngs(stage_dirs["probe_vision"])
+    d.plots["probe_ablate"] = _pngs(stage_dirs["probe_ablate"])
+    att = stage_dirs["probe_attention"]
+    d.tables["attention_layers"] = _csv(att / "attention_layers.csv")
+    d.tables["attention_diff"] = _csv(att / "attention_diff.csv")
+    d.plots["probe_attention"] = _pngs(att)
+    ev = stage_dirs["merge_eval"]
+    d.tables["eval_metrics"] = _csv(ev / "metrics.csv")
+    d.tables["eval_summary"] = _csv(ev / "summary.csv")
+    d.plots["merge_eval"] = _pngs(ev)
+    variants = ev / "variants.json"
+    if variants.exists():
+        d.notes["variants"] = json.loads(variants.read_text())
+    fr = stage_dirs["freeze"]
+    d.tables["necessity"] = _csv(fr / "necessity.csv")
+    d.plots["freeze"] = _pngs(fr)
+    return d

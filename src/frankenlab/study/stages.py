@@ -1,0 +1,201 @@
+"""The study's stages, each a thin call into one analysis with the study's settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from frankenlab.errors import FrankenlabError
+from frankenlab.io.atomic import write_json
+from frankenlab.io.tables import write_table
+from frankenlab.study.config import RecipeInputs, StudyConfig
+from frankenlab.study.pipeline import StageSpec
+
+ROLES = ("IN", "RL")
+NECESSITY_COLUMNS = ["model", "family", "n", "acc", "gain", "gain_low", "gain_high"]
+
+
+def data_dir(cfg: StudyConfig) -> Path:
+    return Path(cfg.out) / "_data"
+
+
+def builtin_pairs(cfg: StudyConfig) -> Path:
+    """The procedural probe set, written once per (n, seed) and shared by the probes."""
+    from frankenlab.miniworld.probe_pairs import write_probe_pairs
+
+    folder = data_dir(cfg) / f"pairs-n{cfg.probe.n_per_task}-s{cfg.probe.seed}"
+    path = folder / "pairs.jsonl"
+    if not path.exists():
+        write_probe_pairs(folder, n_per_task=cfg.probe.n_per_task, seed=cfg.probe.seed)
+    return path
+
+
+def builtin_tasks(cfg: StudyConfig) -> list[str]:
+    """Held-out mini-world items (every family) when the study names no eval tasks."""
+    from frankenlab.miniworld.tasks import export_tasks, make_split
+
+    n = cfg.eval.limit or 120
+    folder = data_dir(cfg) / f"tasks-n{n}-s{cfg.eval.seed}"
+    path = folder / "miniworld.jsonl"
+    if not path.exists():
+        export_tasks(make_split(n * 8, cfg.eval.seed, split="test", unique=False), folder, "miniworld")
+    return [str(path)]
+
+
+def pairs_path(cfg: StudyConfig) -> str:
+    return cfg.probe.pairs or str(builtin_pairs(cfg))
+
+
+def _role_paths(recipe: RecipeInputs) -> dict[str, str]:
+    return {"IN": recipe.in_, "RL": recipe.rl}
+
+
+# -- compare -----------------------------------------------------------------------------------
+def _compare_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> dict[str, Any]:
+    return {"svd": cfg.compare.svd, "top_k": cfg.compare.top_k, "cuts": cfg.cuts, "device": cfg.device}
+
+
+def _compare_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
+    from frankenlab.compare import compare_checkpoints
+
+    compare_checkpoints(recipe.in_, recipe.rl, recipe.base, out_dir=out, svd=cfg.compare.svd,
+                        top_k=cfg.compare.top_k, cuts=cfg.cuts, device="auto" if cfg.device == "auto" else cfg.device,
+                        overwrite=True)
+
+
+# -- probes ------------------------------------------------------------------------------------
+def _vision_only(cfg: StudyConfig, recipe: RecipeInputs) -> str | None:
+    from frankenlab.checkpoint import Checkpoint
+
+    with Checkpoint(recipe.in_) as c:
+        return None if c.adapter.has_vision else "text-only model: no visual tokens to probe"
+
+
+def _probe_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> dict[str, Any]:
+    return {"probe": cfg.probe.model_dump(), "cuts": cfg.cuts}
+
+
+def _vision_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
+    from frankenlab.probe import VisionProbeSettings, run_vision_probe
+
+    settings = VisionProbeSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed)
+    for role, path in _role_paths(recipe).items():
+        run_vision_probe(path, pairs_path(cfg), out / role, settings, device=_device(cfg))
+
+
+def _ablate_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
+    from frankenlab.probe import AblationSettings, run_ablation
+
+    tasks = [cfg.probe.ablate_tasks] if cfg.probe.ablate_tasks else ["miniworld:text_arith"]
+    settings = AblationSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed)
+    for role, path in _role_paths(recipe).items():
+        run_ablation(path, tasks, out / role, settings, limit=cfg.probe.ablate_limit, device=_device(cfg))
+
+
+def _attention_applicable(cfg: StudyConfig, recipe: RecipeInputs) -> str | None:
+    if not cfg.probe.attention:
+        return "disabled in the study config (probe.attention: false)"
+    return _vision_only(cfg, recipe)
+
+
+def _attention_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
+    from frankenlab.probe import AttentionProbeSettings, run_attention_probe
+
+    settings = AttentionProbeSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed)
+    run_attention_probe(recipe.in_, recipe.rl, out, settings, pairs=pairs_path(cfg), device=_device(cfg))
+
+
+def _device(cfg: StudyConfig) -> str:
+    return "cpu" if cfg.device in ("auto", "") else cfg.device
+
+
+# -- merge + eval ------------------------------------------------------------------------------
+def variant_recipes(cfg: StudyConfig) -> dict[str, Any]:
+    """Label → Recipe for every merged variant (standard and custom), validated up front."""
+    from frankenlab.merge import Recipe
+
+    out: dict[str, Any] = {v: Recipe.parse(v, cuts=cfg.cuts) for v in cfg.variants}
+    for cv in cfg.custom_variants:
+        out[cv.name] = Recipe.parse(cv.recipe, cuts=cfg.cuts, alpha=cv.alpha or None, name=cv.name)
+    return out
+
+
+def _eval_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> dict[str, Any]:
+    return {"eval": cfg.eval.model_dump(), "variants": cfg.variants,
+            "custom": [c.model_dump() for c in cfg.custom_variants], "cuts": cfg.cuts, "backend": cfg.backend}
+
+
+def _eval_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
+    from frankenlab.compat import load_processor
+    from frankenlab.eval import evaluate
+    from frankenlab.merge import assemble
+
+    tasks = cfg.eval.tasks or builtin_tasks(cfg)
+    common = dict(settings=cfg.eval.settings, limit=cfg.eval.limit, seed=cfg.eval.seed,
+                  system_prompt=cfg.eval.system_prompt, backend="hf")
+    gen = {"max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size}
+    from frankenlab.runtime.generate import GenerationSettings
+
+    generation = GenerationSettings(**gen)
+    recipes = variant_recipes(cfg)
+    for role, path in _role_paths(recipe).items():
+        evaluate({role: path}, tasks, out_dir=out, generation=generation, **common)
+    write_json(out / "variants.json", {label: r.to_dict() for label, r in recipes.items()})
+    processor = load_processor(recipe.in_)
+    model = None
+    for label, r in recipes.items():
+        model = assemble(r, recipe.in_, recipe.rl, model=model)
+        evaluate({label: (model, processor)}, tasks, out_dir=out, generation=generation, **common)
+
+
+# -- freeze ------------------------------------------------------------------------------------
+def _necessity_source(cfg: StudyConfig, recipe: RecipeInputs) -> Path | None:
+    if cfg.freeze.table:
+        return Path(cfg.freeze.table)
+    sibling = Path(recipe.rl).parent / "necessity.csv"
+    return sibling if sibling.exists() else None
+
+
+def _freeze_applicable(cfg: StudyConfig, recipe: RecipeInputs) -> str | None:
+    if _necessity_source(cfg, recipe) is None:
+        return ("no freezing results: give freeze.table (e.g. the necessity.csv written by `frankenlab miniworld "
+                "build`), or train frozen variants with `frankenlab rl --freeze`")
+    return None
+
+
+def _freeze_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> dict[str, Any]:
+    src = _necessity_source(cfg, recipe)
+    return {"table": str(src), "mtime": src.stat().st_mtime if src and src.exists() else None}
+
+
+def _freeze_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
+    src = _necessity_source(cfg, recipe)
+    assert src is not None
+    if not src.exists():
+        raise FrankenlabError(f"freeze.table {src} does not exist.")
+    df = pd.read_csv(src)
+    missing = [c for c in NECESSITY_COLUMNS if c not in df.columns]
+    if missing:
+        raise FrankenlabError(f"{src}: necessity table lacks columns {missing}; expected {NECESSITY_COLUMNS}.")
+    write_table(df, out / "necessity", columns=NECESSITY_COLUMNS)
+    for png in src.parent.glob("necessity*.png"):
+        shutil.copy2(png, out / png.name)
+    write_json(out / "source.json", {"table": str(src.resolve()), "rows": len(df)})
+
+
+STAGE_SPECS: dict[str, StageSpec] = {
+    "compare": StageSpec("compare", _compare_key, _compare_run),
+    "probe_vision": StageSpec("probe_vision", _probe_key, _vision_run, _vision_only),
+    "probe_ablate": StageSpec("probe_ablate", _probe_key, _ablate_run),
+    "probe_attention": StageSpec("probe_attention", _probe_key, _attention_run, _attention_applicable),
+    "merge_eval": StageSpec("merge_eval", _eval_key, _eval_run),
+    "freeze": StageSpec("freeze", _freeze_key, _freeze_run, _freeze_applicable),
+}
+
+
+def dump_config(cfg: StudyConfig) -> str:
+    return json.dumps(cfg.model_dump(by_alias=True), indent=2)
