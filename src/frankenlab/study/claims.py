@@ -213,7 +213,7 @@ def claim_attention_mid_late(diff: pd.DataFrame | None, cuts: tuple[int, int]) -
     c = Claim("rl_attention_vision_mid_late", "RL raises the attention that answer tokens pay to visual tokens in "
               "mid-to-late layers.", INCONCLUSIVE, "teacher-forced on a shared response: per-layer RL − IN share "
               "of attention on image tokens with a paired bootstrap interval; supported if the mean over mid+late "
-              "layers is > 0 and more mid+late layers have intervals above 0 than below; contradicted if the reverse")
+              "layers is > 0 and most mid+late layers have intervals entirely above 0; contradicted if the reverse")
     if diff is None or diff.empty:
         c.evidence["reason"] = "attention probe has no results"
         return c
@@ -229,9 +229,9 @@ def claim_attention_mid_late(diff: pd.DataFrame | None, cuts: tuple[int, int]) -
     mean = float(ml["diff"].mean())
     c.evidence = {"mean_diff_mid_late": _r(mean, 5), "layers_up": up, "layers_down": down, "n_layers": len(ml),
                   "mean_diff_early": _r(float(d[d["part"] == "early"]["diff"].mean()), 5)}
-    if mean > 0 and up > down:
+    if mean > 0 and up > len(ml) / 2:
         c.verdict = SUPPORTED
-    elif mean < 0 and down > up:
+    elif mean < 0 and down > len(ml) / 2:
         c.verdict = CONTRADICTED
     return c
 
