@@ -1,0 +1,246 @@
+"""`compare_checkpoints`: validate, walk the tensors (resumably), aggregate, write the output directory.
+
+Output directory contract (see docs/compare.md):
+- every check (inputs, architectures, tensor sets, shapes, dtypes, cuts, device, the output
+  directory itself) runs before DIR is touched, so a refused run leaves nothing behind;
+- while tensors are computed, DIR holds only `.cache/<key>.jsonl` (one JSON line per finished
+  tensor); DIR appears with the first finished tensor;
+- the final tables, summary and plots are staged in DIR/.staging-*, moved in file by file, then
+  `manifest.json` and the `.done-compare.json` marker are written last: only a DIR with that marker
+  (matching the settings) is a finished comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from frankenlab.checkpoint import Checkpoint, open_checkpoint
+from frankenlab.compare import aggregate as agg
+from frankenlab.compare.metrics import SpectrumSettings
+from frankenlab.compare.stream import ProgressFn, ResultCache, cpu_threads, plan_comparison, resolve_device, walk
+from frankenlab.errors import CompareError, OutputError
+from frankenlab.io import write_json, write_table
+from frankenlab.manifest import build_manifest, is_done, mark_done, settings_key, write_manifest
+from frankenlab.regions import Partition
+
+log = logging.getLogger(__name__)
+
+STAGE = "compare"
+CACHE_DIR = ".cache"
+CACHE_VERSION = 1  # bump when a metric's definition changes: old caches then no longer match
+TABLES = {
+    "tensors": agg.TENSOR_COLUMNS, "layers": agg.LAYER_COLUMNS, "kinds": agg.KIND_COLUMNS,
+    "regions": agg.REGION_COLUMNS, "spectra": agg.SPECTRA_COLUMNS, "region_spectra": agg.REGION_SPECTRA_COLUMNS,
+}
+FINAL_NAMES = {f"{t}.{ext}" for t in TABLES for ext in ("csv", "parquet")} | {
+    "summary.json", "manifest.json", "plots", f".done-{STAGE}.json"}
+
+
+@dataclass
+class CompareResult:
+    """Tidy tables (pandas), the summary dict and the manifest of one comparison."""
+
+    tensors: pd.DataFrame
+    layers: pd.DataFrame
+    kinds: pd.DataFrame
+    regions: pd.DataFrame
+    spectra: pd.DataFrame
+    region_spectra: pd.DataFrame
+    summary: dict[str, Any]
+    manifest: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+    computed: int = 0  # tensors computed by this call (the rest came from the cache)
+    reloaded: bool = False  # True when a finished output directory was read back instead of recomputed
+
+
+def _out_state(out: Path, output_key: str, overwrite: bool) -> str:
+    """'new', 'resume' or 'done'; refuses directories that are not ours or hold another finished run."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file; --out must be a directory (new, empty, or an earlier compare output).")
+    if not out.exists():
+        return "new"
+    entries = [p.name for p in out.iterdir() if not p.name.startswith(".staging-")]
+    foreign = sorted(n for n in entries if n not in FINAL_NAMES and n != CACHE_DIR)
+    if foreign:
+        raise OutputError(
+            f"{out} is not empty and is not a frankenlab compare output (it holds {', '.join(foreign[:5])}); "
+            "choose a new or empty directory."
+        )
+    if is_done(out, STAGE, output_key) and all((out / f"{t}.parquet").exists() for t in TABLES):
+        return "done"
+    finished = sorted(n for n in entries if n in FINAL_NAMES and not n.startswith("."))
+    if finished and not (out / f".done-{STAGE}.json").exists():
+        return "resume"  # leftovers of our own interrupted final write: redone below
+    if finished and not overwrite:
+        raise OutputError(
+            f"{out} holds the results of a comparison with other inputs or settings ({', '.join(finished[:4])}"
+            " …); pass --overwrite (overwrite=True) to replace them, or choose another --out."
+        )
+    return "resume"
+
+
+def _remove_finals(out: Path) -> None:
+    """Delete an earlier run's final files (before computing, so stale tables never look current)."""
+    with contextlib.suppress(FileNotFoundError):
+        (out / f".done-{STAGE}.json").unlink()
+    for name in FINAL_NAMES:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def load_result(out_dir: str | os.PathLike[str]) -> CompareResult:
+    """Read a finished output directory back into a CompareResult (nothing is recomputed)."""
+    out = Path(out_dir)
+    if not (out / f".done-{STAGE}.json").exists():
+        raise OutputError(f"{out} is not a finished compare output (no .done-{STAGE}.json); rerun the comparison.")
+    tables = {t: pd.read_parquet(out / f"{t}.parquet") for t in TABLES}
+    summary = json.loads((out / "summary.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    return CompareResult(**tables, summary=summary, manifest=manifest, out_dir=out, computed=0, reloaded=True)
+
+
+def _write_outputs(out: Path, result: CompareResult, spans: list[tuple[str, int, int]], plots: bool) -> list[str]:
+    """Stage everything, then move it into `out`; the manifest and done marker come after this."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".staging-*"):  # left by a run killed while staging
+        shutil.rmtree(stale, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        for name, columns in TABLES.items():
+            write_table(agg.public(getattr(result, name)), stage / name, columns=list(columns))
+        write_json(stage / "summary.json", result.summary)
+        if plots:
+            from frankenlab.compare.plots import write_plots  # matplotlib only when figures are wanted
+
+            write_plots(stage / "plots", result.tensors, result.layers, result.region_spectra, spans)
+        with contextlib.suppress(FileNotFoundError):
+            (out / f".done-{STAGE}.json").unlink()
+        written = []
+        for p in sorted(stage.iterdir()):
+            target = out / p.name
+            if p.is_dir():
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(p, target)
+                written += [f"{p.name}/{q.name}" for q in sorted(target.iterdir())]
+            else:
+                os.replace(p, target)
+                written.append(p.name)
+        return written
+    except OSError as exc:
+        raise OutputError(f"writing results into {out} failed ({exc}); the per-tensor cache is kept, rerun to "
+                          "finish.") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def compare_checkpoints(
+    in_: str | os.PathLike[str] | Checkpoint,
+    rl: str | os.PathLike[str] | Checkpoint,
+    base: str | os.PathLike[str] | Checkpoint | None = None,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    svd: str = "auto",
+    top_k: int = 32,
+    oversample: int = 8,
+    niter: int = 4,
+    exact_max_dim: int = 1024,
+    seed: int = 0,
+    cuts: str | tuple[int, ...] | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    plots: bool = True,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> CompareResult:
+    """What did each phase change, per tensor, layer, module kind and region.
+
+    With `base`, ΔIN = IN − BASE and ΔRL = RL − IN; without, ΔRL only. Tensors stream one at a
+    time in float32. With `out_dir`, results are cached per tensor there, so an interrupted run
+    resumes and a finished one (same inputs and settings) is read back instead of recomputed.
+    """
+    settings = SpectrumSettings(svd, top_k, oversample, niter, exact_max_dim, seed)
+    if threads is not None and threads < 1:
+        raise CompareError(f"threads must be ≥ 1 (got {threads}); leave it unset to use every CPU core.")
+    t0 = time.time()
+    with contextlib.ExitStack() as stack:
+        ckpts: dict[str, Checkpoint] = {}
+        for role, src, label in (("base", base, "BASE"), ("in", in_, "IN"), ("rl", rl, "RL")):
+            if src is None:
+                continue
+            ckpt = open_checkpoint(src, label=label)
+            if not isinstance(src, Checkpoint):
+                stack.enter_context(ckpt)
+            ckpts[role] = ckpt
+        plan = plan_comparison(ckpts)
+        n_llm = plan.adapter.n_llm_layers
+        # Default thirds need 3 LLM layers; a smaller model without --cuts just has no partition.
+        partition = None if cuts is None and n_llm < 3 else Partition.make(n_llm, cuts)
+        cut_list = list(partition.cuts) if partition is not None else []
+        regions = agg.all_regions(plan, partition)
+        dev = resolve_device(device)
+        inputs = {r: {"source": c.source, "path": str(c.root), "fingerprint": c.fingerprint, "layout": c.layout,
+                      "model_type": c.model_type} for r, c in ckpts.items()}
+        spectrum_settings = asdict(settings)
+        compute_key = settings_key({"fingerprints": {r: v["fingerprint"] for r, v in inputs.items()},
+                                    "spectrum": spectrum_settings, "version": CACHE_VERSION})
+        output_key = settings_key({"compute": compute_key, "cuts": cut_list, "plots": plots})
+        out = Path(out_dir).resolve() if out_dir is not None else None
+        cache = None
+        if out is not None:
+            state = _out_state(out, output_key, overwrite)
+            if state == "done":
+                log.info("%s already holds this comparison; nothing to compute", out)
+                return load_result(out)
+            if state == "resume":
+                _remove_finals(out)
+            cache = ResultCache(out / CACHE_DIR / f"{compute_key}.jsonl")
+        with cpu_threads(threads) as n_threads:
+            records, computed = walk(plan, ckpts, settings, dev, cache, progress)
+
+    tensors = agg.tensors_table(plan, records)
+    layers = agg.layers_table(tensors)
+    spectra = agg.spectra_table(plan, records)
+    region_table = agg.regions_table(tensors, plan, regions)
+    result = CompareResult(
+        tensors=tensors, layers=layers, kinds=agg.kinds_table(tensors), regions=region_table, spectra=spectra,
+        region_spectra=agg.region_spectra_table(spectra, plan, regions),
+        summary=agg.build_summary(plan, tensors, layers, region_table, spectrum_settings),
+        out_dir=out, computed=computed,
+    )
+    result.summary["cuts"] = cut_list
+    result.summary["regions"] = [r.describe(plan.adapter) for r in regions]
+    args = {"svd": svd, "top_k": top_k, "oversample": oversample, "niter": niter, "exact_max_dim": exact_max_dim,
+            "seed": seed, "cuts": cut_list, "device": device, "threads": threads, "plots": plots}
+    result.manifest = build_manifest("compare", args=args, inputs={r: v["path"] for r, v in inputs.items()},
+                                     seed=seed, extra={
+                                         "checkpoints": inputs, "compute_key": compute_key, "output_key": output_key,
+                                         "device": str(dev), "torch_threads": n_threads,
+                                         "tensors_computed": computed, "tensors_from_cache": len(records) - computed,
+                                     })
+    if out is not None:
+        spans = [(r.name, *r.unified_span(plan.adapter)) for r in (partition.regions() if partition else [])]
+        files = _write_outputs(out, result, spans, plots)
+        result.manifest["files"] = files + ["manifest.json"]
+        result.manifest["elapsed_s"] = round(time.time() - t0, 3)
+        write_manifest(out, result.manifest)
+        mark_done(out, STAGE, output_key)
+    else:
+        result.manifest["elapsed_s"] = round(time.time() - t0, 3)
+    for name in TABLES:
+        setattr(result, name, agg.public(getattr(result, name)))
+    return result

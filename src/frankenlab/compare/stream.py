@@ -1,0 +1,343 @@
+"""Walk two or three checkpoints tensor by tensor: float32 deltas, metrics, a resumable cache.
+
+Only one tensor (from each checkpoint) is in memory at a time, streamed in blocks, so peak memory
+is a few times the largest tensor in float32 whatever the model size. Every check that can fail (architecture,
+tensor sets, shapes, dtypes) runs in `plan_comparison`, before anything is computed or written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frankenlab.arch.base import Adapter, TensorInfo
+from frankenlab.checkpoint import Checkpoint
+from frankenlab.compare.metrics import (
+    DeltaFacts,
+    RunningStats,
+    SpectrumSettings,
+    compute_metrics,
+    dot,
+    spectrum_if_wanted,
+)
+from frankenlab.errors import CompareError
+
+log = logging.getLogger(__name__)
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+_SHOW = 5
+_BLOCK = 1 << 24  # entries per streamed block (64 MB in float32): big enough to keep threads busy
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One tensor to compare, matched across checkpoints by canonical name."""
+
+    canonical: str
+    name: str  # as stored in the RL checkpoint's files
+    info: TensorInfo
+    shape: tuple[int, ...]
+    dtypes: tuple[tuple[str, str], ...]  # (role, safetensors dtype)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_matrix(self) -> bool:
+        return len(self.shape) >= 2
+
+
+@dataclass(frozen=True)
+class ComparePlan:
+    roles: tuple[str, ...]  # ("in", "rl") or ("base", "in", "rl")
+    phases: tuple[str, ...]  # ("rl",) or ("in", "rl")
+    adapter: Adapter
+    tensors: tuple[TensorPlan, ...]
+
+    @property
+    def total_numel(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Reported after each tensor; `cached` means it came from an earlier (interrupted) run."""
+
+    index: int
+    total: int
+    name: str
+    numel_done: int
+    numel_total: int
+    cached: bool
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+# -- validation --------------------------------------------------------------------------------
+def _first(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOW])
+    return shown + (f", … ({len(items) - _SHOW} more)" if len(items) > _SHOW else "")
+
+
+def plan_comparison(ckpts: dict[str, Checkpoint]) -> ComparePlan:
+    """Check that the checkpoints are comparable and list the tensors in RL's file order."""
+    roles = tuple(r for r in ("base", "in", "rl") if r in ckpts)
+    labels = {r: ckpts[r].label for r in roles}
+    types = {r: ckpts[r].model_type for r in roles}
+    if len(set(types.values())) > 1:
+        raise CompareError(
+            "architectures differ: " + ", ".join(f"{labels[r]} is {types[r]!r}" for r in roles)
+            + ". Compare checkpoints of the same model."
+        )
+    adapters = {r: ckpts[r].adapter for r in roles}
+    for what, attr in (("LLM layers", "n_llm_layers"), ("vision blocks", "n_vision_blocks")):
+        counts = {r: getattr(adapters[r], attr) for r in roles}
+        if len(set(counts.values())) > 1:
+            raise CompareError(
+                f"architectures differ: {what} " + ", ".join(f"{labels[r]} {counts[r]}" for r in roles)
+                + " (config.json). Compare checkpoints of the same model."
+            )
+    canon = {r: {ckpts[r].canonical(n): n for n in ckpts[r].names()} for r in roles}
+    ref_set = set(canon["rl"])
+    for r in roles:
+        if r == "rl" or set(canon[r]) == ref_set:
+            continue
+        only_r = sorted(set(canon[r]) - ref_set)
+        only_rl = sorted(ref_set - set(canon[r]))
+        parts = []
+        if only_r:
+            parts.append(f"{len(only_r)} only in {labels[r]} ({_first(only_r)})")
+        if only_rl:
+            parts.append(f"{len(only_rl)} only in {labels['rl']} ({_first(only_rl)})")
+        raise CompareError(
+            f"tensor sets differ between {labels[r]} and {labels['rl']} (canonical names): " + "; ".join(parts)
+            + ". Both must hold the same weights (same model, same tied-embedding setting)."
+        )
+    shape_diffs: list[str] = []
+    dtype_bad: list[str] = []
+    tensors: list[TensorPlan] = []
+    for disk in ckpts["rl"].names():
+        c = ckpts["rl"].canonical(disk)
+        metas = {r: ckpts[r].meta(canon[r][c]) for r in roles}
+        shapes = {r: metas[r].shape for r in roles}
+        if len(set(shapes.values())) > 1:
+            shape_diffs.append(c + " " + " vs ".join(f"{labels[r]} {list(shapes[r])}" for r in roles))
+        bad = [f"{labels[r]} {metas[r].dtype}" for r in roles if metas[r].dtype not in FLOAT_DTYPES]
+        if bad:
+            dtype_bad.append(f"{c} ({', '.join(bad)})")
+        info = adapters["rl"].classify(c)
+        tensors.append(TensorPlan(c, disk, info, shapes["rl"], tuple((r, metas[r].dtype) for r in roles)))
+    if shape_diffs:
+        raise CompareError(f"shapes differ for {len(shape_diffs)} tensor(s): {_first(shape_diffs)}. "
+                           "These checkpoints are not the same architecture size.")
+    if dtype_bad:
+        raise CompareError(f"{len(dtype_bad)} tensor(s) have dtypes that cannot be compared (not floating point): "
+                           f"{_first(dtype_bad)}. Only F64/F32/F16/BF16/F8 weights have deltas.")
+    phases = ("in", "rl") if "base" in ckpts else ("rl",)
+    return ComparePlan(roles, phases, adapters["rl"], tuple(tensors))
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' → the first CUDA GPU when there is one, else CPU; anything else must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise CompareError(f"device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CompareError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CompareError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible.")
+    elif dev.type != "cpu":
+        raise CompareError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N.")
+    return dev
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None = None) -> Iterator[int]:
+    """torch uses `n` CPU threads inside the block (default: every core); restored afterwards."""
+    before = torch.get_num_threads()
+    if n is not None and n < 1:
+        raise CompareError(f"threads must be ≥ 1 (got {n}).")
+    n = n or os.cpu_count() or before
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- one tensor --------------------------------------------------------------------------------
+def _compute_dtype(tp: TensorPlan) -> torch.dtype:
+    return torch.float64 if any(d == "F64" for _, d in tp.dtypes) else torch.float32
+
+
+class Workspace:
+    """Reusable buffers by name, grown to the largest request so far.
+
+    A fresh multi-hundred-MB tensor is mapped from the OS and zero-filled by the kernel on first
+    touch, then unmapped on free; doing that for every tensor made the float32 upcasts ~5× slower.
+    Peak memory is unchanged: these are exactly the buffers the computation needs anyway.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def take(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        buf = self._buffers.get((name, dtype))
+        if buf is None or buf.numel() < numel:
+            self._buffers.pop((name, dtype), None)  # free the smaller one before allocating
+            buf = torch.empty(numel, dtype=dtype, device=self.device)
+            self._buffers[(name, dtype)] = buf
+        return buf[:numel]
+
+
+def _phase_record(stats: RunningStats, ref: RunningStats, delta: torch.Tensor | None, tp: TensorPlan,
+                  method: str | None, settings: SpectrumSettings) -> dict[str, Any]:
+    spec = spectrum_if_wanted(delta, stats.fro, method, settings) if delta is not None else None
+    rec: dict[str, Any] = compute_metrics(DeltaFacts(stats, ref.fro, spec, delta))
+    rec["ref_fro"] = ref.fro
+    rec["svd_method"] = spec.method if spec is not None else None
+    rec["effective_rank_scope"] = spec.scope if spec is not None else None
+    rec["spectrum"] = [float(v) for v in spec.values[: settings.top_k]] if spec is not None else []
+    return rec
+
+
+def compare_tensor(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: SpectrumSettings,
+                   work: Workspace) -> dict[str, Any]:
+    """All phase metrics of one tensor (and cos(ΔIN, ΔRL) with a base), as a JSON-able record.
+
+    The stored tensors (memory-mapped, in their own dtype) are walked in blocks of `_BLOCK`
+    entries: each block is upcast to float32 *before* subtracting, and its statistics are
+    accumulated in float64. A whole float32 delta is kept only when its spectrum is wanted.
+    """
+    dtype = _compute_dtype(tp)
+    method = settings.method_for(tp.shape)
+    has_base = "base" in ckpts
+    phases = ("in", "rl") if has_base else ("rl",)
+    n = tp.numel
+    full = {p: work.take(f"delta_{p}", n, dtype) for p in phases} if method is not None else {}
+    ref = {p: RunningStats() for p in phases}
+    stats = {p: RunningStats() for p in phases}
+    dot_in_rl = 0.0
+    stored = {r: c.read(c.disk_name(tp.canonical)).reshape(-1) for r, c in ckpts.items()}
+    try:
+        for lo in range(0, n, _BLOCK):
+            hi = min(n, lo + _BLOCK)
+            w_in = work.take("block_in", hi - lo, dtype).copy_(stored["in"][lo:hi])
+            d_in = None
+            if has_base:
+                d_in = full["in"][lo:hi] if full else work.take("block_base", hi - lo, dtype)
+                d_in.copy_(stored["base"][lo:hi])
+                ref["in"].update(d_in, norm_only=True)
+                d_in.neg_().add_(w_in)  # IN − BASE in place
+                stats["in"].update(d_in)
+            ref["rl"].update(w_in, norm_only=True)
+            d_rl = full["rl"][lo:hi] if full else work.take("block_rl", hi - lo, dtype)
+            d_rl.copy_(stored["rl"][lo:hi]).sub_(w_in)  # RL − IN
+            stats["rl"].update(d_rl)
+            if d_in is not None:
+                dot_in_rl += dot(d_in, d_rl)
+    finally:
+        stored.clear()
+        for c in ckpts.values():  # drop the shards' maps: pages touched through them count as our RSS
+            c.close()
+    out = {p: _phase_record(stats[p], ref[p], full[p].view(tp.shape) if full else None, tp, method, settings)
+           for p in phases}
+    cos = None
+    if has_base:
+        denom = stats["in"].fro * stats["rl"].fro
+        cos = dot_in_rl / denom if denom > 0 else float("nan")
+    return {"canonical": tp.canonical, "name": tp.name, "phases": out, "cos_in_rl": cos}
+
+
+# -- the resumable cache -----------------------------------------------------------------------
+class ResultCache:
+    """Per-tensor records appended as JSON lines, flushed per line; a torn last line is dropped.
+
+    The file name carries the settings key (checkpoint fingerprints + spectral settings), so a
+    record is reused only for exactly the same inputs and settings.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: Any = None
+
+    def load(self, wanted: set[str], phases: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """Records for `wanted` canonical names holding every phase; the file is cut after the last good line."""
+        if not self.path.exists():
+            return {}
+        good: dict[str, dict[str, Any]] = {}
+        keep = 0
+        with self.path.open("rb") as fh:
+            for raw in fh:
+                try:
+                    rec = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    log.warning("%s: dropping a torn record after %d good ones", self.path, len(good))
+                    break
+                if not raw.endswith(b"\n"):
+                    break
+                keep += len(raw)
+                if (isinstance(rec, dict) and rec.get("canonical") in wanted
+                        and set(rec.get("phases") or ()) == set(phases)):
+                    good[rec["canonical"]] = rec
+        if keep != self.path.stat().st_size:
+            with self.path.open("r+b") as fh:
+                fh.truncate(keep)
+        return good
+
+    def append(self, rec: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8")
+        self._fh.write(json.dumps(rec) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def walk(plan: ComparePlan, ckpts: dict[str, Checkpoint], settings: SpectrumSettings, device: torch.device,
+         cache: ResultCache | None = None, progress: ProgressFn | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Records for every planned tensor, reusing cached ones; returns (records, number computed)."""
+    done = cache.load({t.canonical for t in plan.tensors}, plan.phases) if cache is not None else {}
+    if done:
+        log.info("resuming: %d of %d tensors already computed", len(done), len(plan.tensors))
+    records: list[dict[str, Any]] = []
+    work = Workspace(device)
+    computed = 0
+    numel_done = 0
+    try:
+        for i, tp in enumerate(plan.tensors):
+            rec = done.get(tp.canonical)
+            cached = rec is not None
+            if rec is None:
+                rec = compare_tensor(tp, ckpts, settings, work)
+                computed += 1
+                if cache is not None:
+                    cache.append(rec)
+            records.append(rec)
+            numel_done += tp.numel
+            if progress is not None:
+                progress(ProgressEvent(i + 1, len(plan.tensors), tp.name, numel_done, plan.total_numel, cached))
+    finally:
+        if cache is not None:
+            cache.close()
+    return records, computed
