@@ -28,6 +28,9 @@ def test_reads_names_shapes_dtypes_from_headers(tmp_path, text_tensors):
         name = "model.layers.1.mlp.up_proj.weight"
         assert torch.equal(c.read(name), text_tensors[name])
         assert c.read("model.norm.weight", dtype=torch.bfloat16).dtype == torch.bfloat16
+        released = c.read(name, release=True)
+        assert torch.equal(released, text_tensors[name]) and not c._handles  # shard closed, copy kept
+        assert torch.equal(c.read(name), released)  # reopens on demand
 
 
 def test_sharded_checkpoint_with_index(tmp_path, text_tensors):

@@ -147,8 +147,13 @@ class Checkpoint:
             self._handles[fname] = handle
         return handle
 
-    def read(self, name: str, *, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """One tensor (on-disk or canonical name), optionally cast; other tensors stay unread."""
+    def read(self, name: str, *, dtype: torch.dtype | None = None, release: bool = False) -> torch.Tensor:
+        """One tensor (on-disk or canonical name), optionally cast; other tensors stay unread.
+
+        safetensors returns memory-mapped tensors whose touched pages stay resident while the shard
+        is open; a walk over a whole model therefore passes `release=True`, which copies the tensor
+        and closes the shard, so resident memory stays near one tensor.
+        """
         meta = self.meta(name)
         try:
             tensor = self._handle(meta.file).get_tensor(meta.name)
@@ -156,6 +161,12 @@ class Checkpoint:
             raise CheckpointError(f"{self.root / meta.file}: cannot read tensor {meta.name!r} ({exc}).") from exc
         if dtype is not None and tensor.dtype != dtype:
             tensor = tensor.to(dtype)
+        if release:
+            tensor = tensor.clone()
+            handle = self._handles.pop(meta.file, None)
+            exit_ = getattr(handle, "__exit__", None)
+            if exit_ is not None:
+                exit_(None, None, None)
         return tensor
 
 

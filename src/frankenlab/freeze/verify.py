@@ -61,7 +61,7 @@ def verify_frozen(before: str | Checkpoint, after: str | Checkpoint, frozen: str
         chosen = set(spec.select(a.adapter, sorted(names_a)))
         result = VerifyResult()
         for name in a.canonical_names():
-            same = _identical(a.read(name), b.read(name))
+            same = _identical(a.read(name, release=True), b.read(name, release=True))
             if name in chosen:
                 (result.frozen_identical if same else result.frozen_changed).append(name)
             else:
