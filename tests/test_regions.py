@@ -83,3 +83,5 @@ def test_default_thirds_need_three_layers():
     with pytest.raises(RegionError, match="at least 3"):
         Partition.make(2)
     assert Partition.make(2, "1").names == ("part0", "part1")
+    shallow = adapter_for({"model_type": "qwen2", "num_hidden_layers": 2})
+    assert [r.name for r in standard_regions(shallow)] == ["llm"]

@@ -168,9 +168,12 @@ def parse_regions(specs: str | list[str], adapter: Adapter, cuts: str | tuple[in
 
 
 def standard_regions(adapter: Adapter, cuts: str | tuple[int, ...] | None = None) -> list[Region]:
-    """vision, projector (VLMs only), then the LLM partition's parts."""
+    """vision, projector (VLMs only), then the LLM partition's parts (the whole LLM when it is too
+    shallow for thirds and no cuts are given)."""
     out: list[Region] = []
     if adapter.has_vision:
         out += [parse_region("vision", adapter), parse_region("projector", adapter)]
+    if cuts is None and adapter.n_llm_layers < 3:
+        return out + [parse_region("llm", adapter)]
     out += Partition.make(adapter.n_llm_layers, cuts).regions()
     return out

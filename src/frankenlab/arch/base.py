@@ -65,6 +65,25 @@ class Rule:
         return re.compile(self.pattern)
 
 
+def decoder_rules(prefix: str) -> tuple[Rule, ...]:
+    """Rules of a Llama/Qwen-style decoder whose modules live under `prefix` (e.g. `model.language_model`).
+
+    Every family in this package uses the same decoder naming; only the prefix differs.
+    """
+    p = prefix.replace(".", r"\.")
+    layer = rf"^{p}\.layers\.(?P<idx>\d+)\."
+    w = r"(weight|bias)$"
+    return (
+        Rule(layer + r"self_attn\.(?P<mod>[qkvo]_proj)\." + w, "llm", stack="llm"),
+        Rule(layer + r"mlp\.(?P<mod>gate_proj|up_proj|down_proj)\." + w, "llm", stack="llm"),
+        Rule(layer + r"(input_layernorm|post_attention_layernorm|self_attn\.[qk]_norm)\.weight$", "llm",
+             kind="norm", stack="llm", norm=True),
+        Rule(rf"^{p}\.embed_tokens\.weight$", "embed", kind="embed"),
+        Rule(rf"^{p}\.norm\.weight$", "other", kind="norm", norm=True),
+        Rule(r"^lm_head\.weight$", "head", kind="head"),
+    )
+
+
 def _get(config: dict[str, Any], *keys: str) -> Any:
     """First present key, looking in the config and then in its text/vision sub-configs."""
     for key in keys:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from frankenlab.arch.base import Adapter, Rule
+from frankenlab.arch.base import Adapter, Rule, decoder_rules
 
-_LLM = r"^model\.language_model\.layers\.(?P<idx>\d+)\."
 _VIS = r"^model\.vision_tower\.encoder\.layers\.(?P<idx>\d+)\."
 _W = r"(weight|bias)$"
 
@@ -28,14 +27,7 @@ class LlavaAdapter(Adapter):
         (r"^model\.vision_tower\.", "vision_tower."),
         (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
     )
-    rules = (
-        Rule(_LLM + r"self_attn\.(?P<mod>[qkvo]_proj)\." + _W, "llm", stack="llm"),
-        Rule(_LLM + r"mlp\.(?P<mod>gate_proj|up_proj|down_proj)\." + _W, "llm", stack="llm"),
-        Rule(_LLM + r"(input_layernorm|post_attention_layernorm|self_attn\.[qk]_norm)\.weight$", "llm",
-             kind="norm", stack="llm", norm=True),
-        Rule(r"^model\.language_model\.embed_tokens\.weight$", "embed", kind="embed"),
-        Rule(r"^model\.language_model\.norm\.weight$", "other", kind="norm", norm=True),
-        Rule(r"^lm_head\.weight$", "head", kind="head"),
+    rules = decoder_rules("model.language_model") + (
         Rule(_VIS + r"self_attn\.(?P<mod>[qkv]_proj|out_proj)\." + _W, "vision", stack="vision"),
         Rule(_VIS + r"mlp\.(?P<mod>fc1|fc2)\." + _W, "vision", stack="vision"),
         Rule(_VIS + r"layer_norm[12]\." + _W, "vision", kind="norm", stack="vision", norm=True),

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from frankenlab.arch.base import Adapter, Rule
+from frankenlab.arch.base import Adapter, Rule, decoder_rules
 
-_LLM = r"^model\.language_model\.layers\.(?P<idx>\d+)\."
 _VIS = r"^model\.visual\.blocks\.(?P<idx>\d+)\."
 _W = r"(weight|bias)$"
 
-_LLM_RULES = (
-    Rule(_LLM + r"self_attn\.(?P<mod>[qkvo]_proj)\." + _W, "llm", stack="llm"),
-    Rule(_LLM + r"mlp\.(?P<mod>gate_proj|up_proj|down_proj)\." + _W, "llm", stack="llm"),
-    Rule(_LLM + r"(input_layernorm|post_attention_layernorm|self_attn\.[qk]_norm)\.weight$", "llm",
-         kind="norm", stack="llm", norm=True),
-    Rule(r"^model\.language_model\.embed_tokens\.weight$", "embed", kind="embed"),
-    Rule(r"^model\.language_model\.norm\.weight$", "other", kind="norm", norm=True),
-    Rule(r"^lm_head\.weight$", "head", kind="head"),
-)
+_LLM_RULES = decoder_rules("model.language_model")
 _VISION_COMMON = (
     Rule(_VIS + r"attn\.(?P<mod>qkv|proj)\." + _W, "vision", stack="vision"),
     Rule(_VIS + r"norm[12]\." + _W, "vision", kind="norm", stack="vision", norm=True),
