@@ -103,8 +103,8 @@ from frankenlab.cli.freeze import freeze_app  # noqa: E402
 from frankenlab.cli.merge import merge_cmd  # noqa: E402
 from frankenlab.cli.miniworld import miniworld_app  # noqa: E402
 from frankenlab.cli.probe import probe_app  # noqa: E402
-from frankenlab.cli.study import study_cmd  # noqa: E402
 from frankenlab.cli.rl import rl_cmd  # noqa: E402
+from frankenlab.cli.study import study_cmd  # noqa: E402
 
 app.command("compare")(compare_cmd)
 app.command("eval")(eval_cmd)

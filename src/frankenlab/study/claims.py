@@ -191,7 +191,7 @@ def claim_freeze_late_hurts_most(necessity: pd.DataFrame | None) -> Claim:
         df = df[df["family"] == "all"] if (df["family"] == "all").any() else df
     rows = {}
     for _, r in df.iterrows():
-        name = str(r["model"])
+        name = str(r["model"]).lower()
         if "frozen" in name:
             rows[name.split("frozen-")[-1]] = (float(r["gain"]), float(r["gain_low"]), float(r["gain_high"]))
     c.evidence["gains"] = {k: [_r(x, 3) for x in v] for k, v in rows.items()}
