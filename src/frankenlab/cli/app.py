@@ -104,7 +104,7 @@ from frankenlab.cli.merge import merge_cmd  # noqa: E402
 from frankenlab.cli.miniworld import miniworld_app  # noqa: E402
 from frankenlab.cli.probe import probe_app  # noqa: E402
 from frankenlab.cli.rl import rl_cmd  # noqa: E402
-from frankenlab.cli.study import study_cmd  # noqa: E402
+from frankenlab.cli.study import demo_cmd, study_cmd  # noqa: E402
 
 app.command("compare")(compare_cmd)
 app.command("eval")(eval_cmd)
@@ -114,6 +114,7 @@ app.add_typer(miniworld_app, name="miniworld")
 app.command("rl")(rl_cmd)
 app.add_typer(probe_app, name="probe")
 app.command("study")(study_cmd)
+app.command("demo")(demo_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,3 +81,28 @@ def study_cmd(
             data["freeze"] = {"table": freeze_table}
         cfg = parse_config(data, "command line")
     run_and_report(cfg)
+
+
+def demo_cmd(
+    out: Annotated[str | None, typer.Option("--out", help="Output directory (default ./frankenlab-demo).")] = None,
+) -> None:
+    """Train (once) the built-in mini-world IN/RL pair and run the whole study on it, offline."""
+    import time
+
+    from frankenlab.study.demo import default_out, demo_config, ensure_pair
+
+    root = Path(out) if out else default_out()
+    t0 = time.perf_counter()
+    built = (root / "miniworld" / "build.json").exists()
+    if not built:
+        _console.print("[bold]building the mini-world pair[/bold] (IN by SFT, RL by GRPO, frozen RL variants) …")
+
+    def on_build(stage: str, info) -> None:  # noqa: ANN001
+        if stage in ("data", "sft_done", "rl_done", "eval_done") or stage.endswith("done"):
+            _console.print(f"  {stage}: " + ", ".join(f"{k}={v}" for k, v in dict(info).items() if k != "losses"))
+
+    pair = ensure_pair(root, progress=on_build)
+    _console.print(f"mini-world pair: {pair.resolve()} ({'reused' if built else 'built'} in "
+                   f"{time.perf_counter() - t0:.0f} s)")
+    report = run_and_report(demo_config(root, pair))
+    _console.print(f"demo finished in {time.perf_counter() - t0:.0f} s; open {report.resolve()}")

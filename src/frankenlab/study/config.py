@@ -55,7 +55,7 @@ class CompareSettings(_Frozen):
 
 class ProbeSettings(_Frozen):
     pairs: str | None = Field(None, description="Probe pairs JSONL; default: the built-in procedural set.")
-    n_per_task: int = Field(12, ge=1, description="Built-in pairs per task (counting, ocr, grounding, recognition).")
+    n_per_task: int = Field(12, ge=1, description="Pairs per probe task (counting, ocr, grounding, recognition).")
     ablate_tasks: str | None = Field(None, description="Text-only task file for layer ablation; default built-in.")
     ablate_limit: int = Field(40, ge=1)
     attention: bool = True

@@ -84,7 +84,7 @@ def _vision_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str
 
     settings = VisionProbeSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed)
     for role, path in _role_paths(recipe).items():
-        run_vision_probe(path, pairs_path(cfg), out / role, settings, device=_device(cfg))
+        run_vision_probe(path, pairs_path(cfg), out / role, settings, limit=cfg.probe.n_per_task, device=_device(cfg))
 
 
 def _ablate_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
@@ -106,7 +106,8 @@ def _attention_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[
     from frankenlab.probe import AttentionProbeSettings, run_attention_probe
 
     settings = AttentionProbeSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed)
-    run_attention_probe(recipe.in_, recipe.rl, out, settings, pairs=pairs_path(cfg), device=_device(cfg))
+    run_attention_probe(recipe.in_, recipe.rl, out, settings, pairs=pairs_path(cfg), limit=cfg.probe.n_per_task,
+                        device=_device(cfg))
 
 
 def _device(cfg: StudyConfig) -> str:

@@ -1,0 +1,356 @@
+"""GRPO through TRL's ``GRPOTrainer``, with a freeze spec applied first and proven afterwards.
+
+Why a wrapper: TRL has no block freezing, and a freeze that silently matches nothing looks exactly
+like a successful run. Here the spec is resolved against the model's own adapter (an empty match is
+an error), only trainable parameters reach the optimizer, and :func:`run_rl` re-checks the saved
+checkpoint with :func:`frankenlab.freeze.verify_frozen`. Runs are deterministic on one machine: one
+thread, deterministic kernels, TRL's seed for sampling and data order, all restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frankenlab.errors import FrankenlabError, FreezeError
+from frankenlab.rl.rewards import MODES, ExactMatchReward
+
+__all__ = ["GRPORun", "GRPOSettings", "RLItem", "deterministic", "quiet_transformers", "rl_dataset",
+           "rl_items_from_tasks", "run_rl", "train_grpo"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GRPOSettings:
+    """GRPO knobs that matter at mini-world scale (everything else is TRL's default)."""
+
+    steps: int = 100
+    lr: float = 1e-4
+    prompts_per_step: int = 16
+    num_generations: int = 4
+    max_completion_length: int = 6
+    temperature: float = 1.0
+    beta: float = 0.0
+    seed: int = 0
+    reward: str = "strict"
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.prompts_per_step < 1:
+            raise FrankenlabError(f"GRPO steps and prompts per step must be >= 1, got {self.steps}, "
+                                  f"{self.prompts_per_step}.")
+        if self.num_generations < 2:
+            raise FrankenlabError(f"num_generations={self.num_generations}: GRPO needs >= 2 samples per prompt "
+                                  "to form a group advantage.")
+        if self.reward not in MODES:
+            raise FrankenlabError(f"unknown reward {self.reward!r}; choose one of {list(MODES)}.")
+        if not 0 < self.lr < 1e-2:
+            raise FrankenlabError(f"learning rate {self.lr} is outside (0, 1e-2); tiny models collapse above ~3e-4.")
+
+
+@dataclass(frozen=True)
+class RLItem:
+    """One RL prompt with its verifiable answer (what :func:`rl_dataset` reads from any item type)."""
+
+    question: str
+    answer: str
+    answer_type: str | None
+    family: str
+    image: Any = None  # PIL image or None
+    choices: tuple[str, ...] | None = None
+
+
+def rl_items_from_tasks(tasks: Sequence[Any]) -> list[RLItem]:
+    """:class:`frankenlab.tasks.Task` objects (JSONL, Parquet, hub) → RL items; family = the row's
+    ``family`` field, else the task name. Images are read now, so a missing file fails before training."""
+    items = []
+    for task in tasks:
+        for it in task.items:
+            family = it.meta.get("family") if isinstance(it.meta.get("family"), str) else task.name
+            items.append(RLItem(it.question, it.answer, it.answer_type, family,
+                                it.load_image() if it.has_image else None, it.choices))
+    return items
+
+
+@dataclass
+class GRPORun:
+    """What a GRPO run did: frozen tensors, reward counts, TRL's log history."""
+
+    settings: GRPOSettings
+    freeze: str | None
+    frozen_names: list[str] = field(default_factory=list)
+    trainable_params: int = 0
+    frozen_params: int = 0
+    reward: dict[str, Any] = field(default_factory=dict)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": asdict(self.settings), "freeze": self.freeze, "n_frozen_tensors": len(self.frozen_names),
+            "trainable_params": self.trainable_params, "frozen_params": self.frozen_params, "reward": self.reward,
+            "log_history": self.log_history,
+        }
+
+
+@contextlib.contextmanager
+def deterministic(threads: int = 1) -> Iterator[None]:
+    """One torch thread and deterministic kernels for the block; the previous settings come back after.
+
+    Deterministic mode also NaN-fills every ``torch.empty`` by default, a debugging aid that made TRL's
+    fused log-prob kernel (a 32k-wide vocabulary tile) spend half of each GRPO step writing NaNs; it is
+    switched off here, which changes no result.
+    """
+    import torch
+    import torch.utils.deterministic as det
+
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    old_fill = det.fill_uninitialized_memory
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    det.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        det.fill_uninitialized_memory = old_fill
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+        torch.set_num_threads(old_threads)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars ("Loading weights", "Writing model shards") and no TRL/transformers
+    deprecation chatter for the block: the library logs, the CLI shows progress."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _left_padded(processor: Any) -> Iterator[None]:
+    """TRL left-pads prompt ids itself; the processor's per-token fields (mm_token_type_ids) must agree."""
+    tok = getattr(processor, "tokenizer", processor)
+    old = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        yield
+    finally:
+        tok.padding_side = old
+
+
+def rl_dataset(items: Sequence[Any], block: int = 1, seed: int = 0) -> Any:
+    """A ``datasets.Dataset`` in TRL's conversational VLM shape: ``prompt`` messages plus an ``images`` list.
+
+    ``items`` need ``question``, ``answer``, ``answer_type``, ``family`` and ``image`` (PIL or None)
+    attributes (and optionally ``choices``), as :class:`RLItem` and the mini-world's task items have.
+
+    TRL 1.16 crashes on a generation batch that mixes image and text-only prompts (it hands ``None``
+    images to the processor). So rows are laid out in homogeneous blocks of ``block`` prompts (one
+    GRPO step's worth) in a seeded order, and training reads them in that order; items that do not fill
+    a last block of their kind are left out (logged).
+    """
+    import random
+
+    from datasets import Dataset, Features, Image, Value
+
+    if not items:
+        raise FrankenlabError("the RL task list is empty; pass at least one task row.")
+    if block < 1:
+        raise FrankenlabError(f"block size must be >= 1, got {block}.")
+    rng = random.Random(f"frankenlab.rl.blocks:{seed}")
+    blocks: list[list[Any]] = []
+    for kind in (True, False):
+        rows = [it for it in items if (it.image is not None) == kind]
+        rng.shuffle(rows)
+        full = len(rows) - len(rows) % block
+        if full < len(rows):
+            log.info("RL data: %d %s rows do not fill a block of %d and are left out", len(rows) - full,
+                     "image" if kind else "text-only", block)
+        blocks += [rows[i : i + block] for i in range(0, full, block)]
+    if not blocks:
+        raise FrankenlabError(f"{len(items)} RL rows cannot fill one step of {block} prompts of one kind (image "
+                              "or text-only); pass more rows or fewer prompts per step.")
+    rng.shuffle(blocks)
+    ordered = [it for chunk in blocks for it in chunk]
+    features = Features({
+        "prompt": [{"role": Value("string"), "content": Value("string")}],
+        "images": [Image()],
+        "answer": Value("string"),
+        "answer_type": Value("string"),
+        "family": Value("string"),
+        "choices": [Value("string")],
+    })
+    data = {
+        "prompt": [[{"role": "user", "content": it.question}] for it in ordered],
+        # an empty list (not None) for text-only rows: TRL then treats the whole block as text-only
+        "images": [[it.image] if it.image is not None else [] for it in ordered],
+        "answer": [str(it.answer) for it in ordered],
+        "answer_type": [it.answer_type for it in ordered],
+        "family": [it.family for it in ordered],
+        "choices": [list(getattr(it, "choices", None) or []) for it in ordered],
+    }
+    return Dataset.from_dict(data, features=features)
+
+
+def _vision_token_ids(processor: Any, model: Any) -> list[int]:
+    from frankenlab.runtime.generate import suppressed_ids
+
+    return suppressed_ids(processor, getattr(model, "config", None))
+
+
+def train_grpo(
+    model: Any,
+    processor: Any,
+    items: Sequence[Any],
+    settings: GRPOSettings | None = None,
+    *,
+    freeze: str | None = None,
+    cuts: str | None = None,
+) -> GRPORun:
+    """Train ``model`` in place with GRPO and a verifiable exact-match reward; returns what happened.
+
+    ``freeze`` is a region spec (``early``, ``mid``, ``late``, ``vision``, ``llm:2-3``, ...) resolved by
+    the model's adapter; frozen parameters get ``requires_grad=False`` and never reach the optimizer.
+    """
+    try:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+        from trl import GRPOConfig, GRPOTrainer
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise FrankenlabError("GRPO needs TRL: pip install 'frankenlab[rl]' (trl, accelerate, datasets).") from exc
+    from frankenlab.arch.registry import adapter_for
+    from frankenlab.freeze import apply_freeze, parse_freeze
+
+    settings = settings or GRPOSettings()
+    run = GRPORun(settings=settings, freeze=freeze)
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        if freeze:
+            adapter = adapter_for(model.config.to_dict())
+            spec = parse_freeze(freeze, adapter, cuts)
+            run.frozen_names = apply_freeze(model, adapter, spec, cuts).frozen_names
+        params = list(model.parameters())
+        run.trainable_params = sum(p.numel() for p in params if p.requires_grad)
+        run.frozen_params = sum(p.numel() for p in params if not p.requires_grad)
+        if run.trainable_params == 0:
+            raise FreezeError(f"freeze spec {freeze!r} leaves no trainable parameter; nothing for GRPO to train.")
+        reward = ExactMatchReward(settings.reward)
+        dataset = rl_dataset(items, block=settings.prompts_per_step, seed=settings.seed)
+        with (
+            tempfile.TemporaryDirectory(prefix="frankenlab-grpo-") as work,
+            deterministic(),
+            _left_padded(processor),
+            quiet_transformers(),
+        ):
+            trainer = GRPOTrainer(
+                model=model, reward_funcs=[reward], args=_grpo_config(GRPOConfig, settings, work, processor, model),
+                train_dataset=dataset, processing_class=processor,
+            )
+            # The library logs; printing belongs to the CLI.
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+            trainer.train()
+            run.log_history = [dict(h) for h in trainer.state.log_history]
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(before[name])
+        model.eval()
+    run.reward = reward.summary()
+    return run
+
+
+def _grpo_config(config_cls: Any, settings: GRPOSettings, work: str, processor: Any, model: Any) -> Any:
+    """TRL's config for a small, CPU, deterministic run that saves and prints nothing."""
+    return config_cls(
+        output_dir=work,
+        max_steps=settings.steps,
+        learning_rate=settings.lr,
+        lr_scheduler_type="constant_with_warmup" if settings.warmup_steps else "constant",
+        warmup_steps=settings.warmup_steps,
+        per_device_train_batch_size=settings.prompts_per_step * settings.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length,
+        temperature=settings.temperature,
+        beta=settings.beta,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        shuffle_dataset=False,  # rl_dataset's seeded block order keeps image and text prompts apart
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, settings.steps // 10),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        generation_kwargs={"suppress_tokens": _vision_token_ids(processor, model)},
+    )
+
+
+def run_rl(
+    model_dir: str | os.PathLike[str],
+    tasks: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    settings: GRPOSettings | None = None,
+    *,
+    freeze: str | None = None,
+    cuts: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Load a checkpoint, run GRPO on task files (JSONL/Parquet, :mod:`frankenlab.tasks` format), save
+    atomically, and prove the freeze held.
+
+    Writes ``out_dir`` as a Hugging Face directory (model + processor) with ``rl_run.json`` (settings,
+    reward counts, log history, freeze verification). Nothing is left behind when any step fails.
+    """
+    from frankenlab.freeze import verify_frozen
+    from frankenlab.io import atomic_dir, write_json
+    from frankenlab.runtime.load import load
+    from frankenlab.tasks import load_tasks
+
+    settings = settings or GRPOSettings()
+    if not tasks:
+        raise FrankenlabError("no task files given; pass --tasks PATH.jsonl (one or more).")
+    items = rl_items_from_tasks(load_tasks([str(t) for t in tasks]))
+    target = Path(out_dir)
+    if target.exists() and not overwrite:
+        raise FrankenlabError(f"{target} already exists; choose another --out or pass --overwrite.")
+    with quiet_transformers():
+        model, processor = load(model_dir, attn_implementation="eager")
+    model.float()
+    run = train_grpo(model, processor, items, settings, freeze=freeze, cuts=cuts)
+    with atomic_dir(target, overwrite=overwrite) as tmp, quiet_transformers():
+        model.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
+        record = run.to_dict() | {"model": str(model_dir), "tasks": [str(t) for t in tasks], "n_items": len(items)}
+        if freeze:
+            check = verify_frozen(str(model_dir), str(tmp), freeze, cuts)
+            record["freeze_verified"] = {"ok": check.ok, "frozen_identical": len(check.frozen_identical),
+                                         "frozen_changed": check.frozen_changed,
+                                         "other_changed": len(check.other_changed)}
+            if not check.ok:
+                raise FreezeError(f"frozen tensors changed during GRPO: {', '.join(check.frozen_changed[:3])}; "
+                                  "the optimizer saw frozen parameters.")
+        write_json(tmp / "rl_run.json", record)
+    return target

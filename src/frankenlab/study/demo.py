@@ -1,0 +1,38 @@
+"""`frankenlab demo`: the study on the built-in mini-world pair, from nothing, offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from frankenlab.study.config import StudyConfig, parse_config
+
+DEFAULT_OUT = "frankenlab-demo"
+
+
+def demo_config(out: Path, pair: Path) -> StudyConfig:
+    """Sample sizes chosen so the study takes a few minutes on two CPU cores."""
+    return parse_config({
+        "out": str(out / "study"),
+        "recipes": [{"name": "miniworld", "in": str(pair / "in"), "rl": str(pair / "rl")}],
+        "probe": {"pairs": str(pair / "probe-pairs" / "pairs.jsonl"), "n_per_task": 16,
+                  "ablate_tasks": None, "ablate_limit": 48, "max_new_tokens": 6},
+        "eval": {"tasks": [str(pair / "tasks" / "test.jsonl")], "limit": 240, "max_new_tokens": 8,
+                 "batch_size": 32},
+        "freeze": {"table": str(pair / "necessity.csv")},
+    }, "demo")
+
+
+def ensure_pair(out: Path, progress: Any = None) -> Path:
+    """The mini-world IN/RL pair under OUT/miniworld, trained once (reused on later runs)."""
+    from frankenlab.miniworld.build import build_miniworld
+
+    pair = out / "miniworld"
+    if not (pair / "build.json").exists():
+        build_miniworld(pair, overwrite=pair.exists(), progress=progress)
+    return pair
+
+
+def default_out() -> Path:
+    return Path(os.environ.get("FRANKENLAB_DEMO_OUT", DEFAULT_OUT))
