@@ -90,8 +90,8 @@ def test_transfer_mid_late():
 
 
 def _necessity(gains: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
-    return pd.DataFrame([{"model": f"RL-FROZEN-{k.upper()}", "family": "all", "gain": g, "gain_low": lo, "gain_high": hi}
-                         for k, (g, lo, hi) in gains.items()]
+    return pd.DataFrame([{"model": f"RL-FROZEN-{k.upper()}", "family": "all", "gain": g, "gain_low": lo,
+                          "gain_high": hi} for k, (g, lo, hi) in gains.items()]
                         + [{"model": "rl", "family": "all", "gain": 0.3, "gain_low": 0.25, "gain_high": 0.35}])
 
 
