@@ -71,22 +71,27 @@ def test_localization_order():
     assert claim_localization_order(flat, _ablation(6), CUTS).verdict == "inconclusive"
 
 
-def _metrics(vals: dict[str, tuple[float, float, float]], metric: str = "M_rea") -> pd.DataFrame:
-    return pd.DataFrame([{"model": m, "metric": metric, "value": v, "ci_low": lo, "ci_high": hi}
-                         for m, (v, lo, hi) in vals.items()])
+def _comparisons(vals: dict[str, tuple[float, float, float]], measure: str = "M_rea") -> pd.DataFrame:
+    """Paired rows IN vs each model: diff = IN − model with its interval (as eval writes them)."""
+    base = vals["IN"][0]
+    return pd.DataFrame([{"model_a": "IN", "model_b": m, "task": "all", "measure": measure, "value_a": base,
+                          "value_b": v, "diff": base - v, "ci_low": base - v - w, "ci_high": base - v + w,
+                          "p_mcnemar": 0.01} for m, (v, w, _) in vals.items() if m != "IN"])
 
 
 def test_transfer_mid_late():
-    sup = _metrics({"IN": (0.3, 0.25, 0.35), "RL": (0.6, 0.55, 0.65), "IN:RL:RL": (0.55, 0.5, 0.6),
-                    "RL:IN:IN": (0.32, 0.27, 0.37)})
-    c = claim_transfer_mid_late(sup)
+    sup = _comparisons({"IN": (0.3, 0, 0), "RL": (0.6, 0.05, 0), "IN:RL:RL": (0.55, 0.05, 0),
+                        "RL:IN:IN": (0.32, 0.05, 0)})
+    c = claim_transfer_mid_late(None, sup)
     assert c.verdict == "supported" and c.evidence["M_rea"]["recovered_by_IN:RL:RL"] == 0.833
-    rev = _metrics({"IN": (0.3, 0.25, 0.35), "RL": (0.6, 0.55, 0.65), "IN:RL:RL": (0.31, 0.26, 0.36),
-                    "RL:IN:IN": (0.58, 0.5, 0.6)})
-    assert claim_transfer_mid_late(rev).verdict == "contradicted"
-    no_gain = _metrics({"IN": (0.3, 0.2, 0.4), "RL": (0.35, 0.25, 0.45), "IN:RL:RL": (0.35, 0.2, 0.4),
-                        "RL:IN:IN": (0.3, 0.2, 0.4)})
-    assert claim_transfer_mid_late(no_gain).verdict == "inconclusive"
+    rev = _comparisons({"IN": (0.3, 0, 0), "RL": (0.6, 0.05, 0), "IN:RL:RL": (0.31, 0.05, 0),
+                        "RL:IN:IN": (0.58, 0.05, 0)})
+    assert claim_transfer_mid_late(None, rev).verdict == "contradicted"
+    no_gain = _comparisons({"IN": (0.3, 0, 0), "RL": (0.35, 0.1, 0), "IN:RL:RL": (0.35, 0.1, 0),
+                            "RL:IN:IN": (0.3, 0.1, 0)})
+    c = claim_transfer_mid_late(None, no_gain)
+    assert c.verdict == "inconclusive" and c.evidence["M_rea"]["gain_significant"] is False
+    assert claim_transfer_mid_late(None, None).verdict == "inconclusive"
 
 
 def _necessity(gains: dict[str, tuple[float, float, float]]) -> pd.DataFrame:

@@ -21,7 +21,7 @@ def _printer():  # noqa: ANN202 - a closure handed to run_study
             _console.print(f"[bold]→ {o.stage}[/bold] ({o.recipe}) …")
             return
         color = {"done": "green", "skipped": "cyan", "failed": "red"}.get(o.status, "yellow")
-        note = f" — {o.error}" if o.error else ""
+        note = f" — {o.error}" if o.error and o.status != "skipped" else ""
         _console.print(f"  [{color}]{o.status}[/{color}] {o.stage} ({o.recipe}) in {o.seconds:.1f} s{note}")
 
     return on_event

@@ -48,6 +48,7 @@ def collect_recipe(name: str, stage_dirs: dict[str, Path], inputs: dict[str, dic
     ev = stage_dirs["merge_eval"]
     d.tables["eval_metrics"] = _csv(ev / "metrics.csv")
     d.tables["eval_summary"] = _csv(ev / "summary.csv")
+    d.tables["eval_comparisons"] = _csv(ev / "comparisons.csv")
     d.plots["merge_eval"] = _pngs(ev)
     variants = ev / "variants.json"
     if variants.exists():

@@ -135,43 +135,56 @@ def claim_localization_order(vision: pd.DataFrame | None, ablation: pd.DataFrame
     return c
 
 
-def _metric(metrics: pd.DataFrame, model: str, metric: str) -> tuple[float, float, float] | None:
-    row = metrics[(metrics["model"] == model) & (metrics["metric"] == metric)]
-    if row.empty:
+def _paired(comparisons: pd.DataFrame, model_b: str, measure: str) -> dict[str, float] | None:
+    """IN vs `model_b` on one measure (pooled task `all` when present), from eval's paired table."""
+    rows = comparisons[(comparisons["model_a"] == "IN") & (comparisons["model_b"] == model_b)
+                       & (comparisons["measure"] == measure)]
+    if rows.empty:
         return None
-    r = row.iloc[0]
-    return float(r["value"]), float(r["ci_low"]), float(r["ci_high"])
+    pooled = rows[rows["task"] == "all"]
+    if pooled.empty:
+        if rows["task"].nunique() != 1:
+            return None
+        pooled = rows
+    r = pooled.iloc[0]
+    # comparisons hold IN − model_b; flip to model_b − IN (the gain)
+    return {"in": float(r["value_a"]), "value": float(r["value_b"]), "gain": -float(r["diff"]),
+            "gain_low": -float(r["ci_high"]), "gain_high": -float(r["ci_low"]), "p": float(r["p_mcnemar"])}
 
 
-def claim_transfer_mid_late(metrics: pd.DataFrame | None) -> Claim:
+def claim_transfer_mid_late(metrics: pd.DataFrame | None, comparisons: pd.DataFrame | None = None) -> Claim:
     c = Claim("transfer_mid_late", "RL's gains transfer through mid-to-late blocks (IN:RL:RL keeps them, RL:IN:IN "
-              "does not).", INCONCLUSIVE, "for M_rea and M_v2r: RL gain g = RL − IN must be positive with "
-              "non-overlapping intervals; supported if IN:RL:RL recovers ≥ half of g and RL:IN:IN less than half, "
-              "contradicted if the reverse")
-    if metrics is None or metrics.empty:
-        c.evidence["reason"] = "merge/eval stage has no results"
+              "does not).", INCONCLUSIVE, "for M_rea, M_v2r and accuracy with the image: RL's paired gain over IN "
+              "must have a 95 % interval above 0; supported if IN:RL:RL recovers ≥ half of it and RL:IN:IN less "
+              "than half, contradicted if the reverse")
+    if comparisons is None or comparisons.empty:
+        c.evidence["reason"] = "merge/eval stage has no paired comparisons (it needs IN, RL and the variants)"
         return c
     votes = []
-    for m in ("M_rea", "M_v2r"):
-        vals = {k: _metric(metrics, k, m) for k in ("IN", "RL", "IN:RL:RL", "RL:IN:IN")}
-        if any(v is None for v in vals.values()):
+    for m in ("M_rea", "M_v2r", "accuracy:image"):
+        rl, late, early = (_paired(comparisons, b, m) for b in ("RL", "IN:RL:RL", "RL:IN:IN"))
+        if rl is None or late is None or early is None:
             continue
-        g = vals["RL"][0] - vals["IN"][0]
-        sig = vals["RL"][1] > vals["IN"][2]
-        rec_late = (vals["IN:RL:RL"][0] - vals["IN"][0]) / g if g else float("nan")
-        rec_early = (vals["RL:IN:IN"][0] - vals["IN"][0]) / g if g else float("nan")
-        c.evidence[m] = {k: [_r(x, 3) for x in v] for k, v in vals.items()} | {
-            "rl_gain": _r(g, 3), "gain_significant": bool(sig), "recovered_by_IN:RL:RL": _r(rec_late, 3),
-            "recovered_by_RL:IN:IN": _r(rec_early, 3)}
-        if not sig or g <= 0:
+        g = rl["gain"]
+        sig = rl["gain_low"] > 0
+        rec_late = late["gain"] / g if g else float("nan")
+        rec_early = early["gain"] / g if g else float("nan")
+        c.evidence[m] = {"IN": _r(rl["in"], 3), "RL": _r(rl["value"], 3), "IN:RL:RL": _r(late["value"], 3),
+                         "RL:IN:IN": _r(early["value"], 3), "rl_gain": _r(g, 3),
+                         "rl_gain_ci": [_r(rl["gain_low"], 3), _r(rl["gain_high"], 3)],
+                         "gain_significant": bool(sig), "recovered_by_IN:RL:RL": _r(rec_late, 3),
+                         "recovered_by_RL:IN:IN": _r(rec_early, 3)}
+        if not sig:
             continue
         if rec_late >= 0.5 and rec_early < 0.5:
             votes.append(SUPPORTED)
         elif rec_late < 0.5 and rec_early >= 0.5:
             votes.append(CONTRADICTED)
+        else:
+            votes.append(INCONCLUSIVE)
     if not votes:
-        c.evidence.setdefault("reason", "RL shows no significant gain over IN on M_rea or M_v2r, so there is "
-                              "nothing to transfer")
+        c.evidence.setdefault("reason", "RL shows no significant paired gain over IN on M_rea, M_v2r or image "
+                              "accuracy, so there is nothing to transfer")
     elif all(v == SUPPORTED for v in votes):
         c.verdict = SUPPORTED
     elif all(v == CONTRADICTED for v in votes):
@@ -241,7 +254,7 @@ def decide_all(tables: dict[str, pd.DataFrame | None], cuts: tuple[int, int]) ->
         claim_rl_update_mid_late(tables.get("compare_layers"), cuts),
         claim_energy_in_late_rl_mid(tables.get("compare_layers"), cuts),
         claim_localization_order(tables.get("vision_rl"), tables.get("ablation_rl"), cuts),
-        claim_transfer_mid_late(tables.get("eval_metrics")),
+        claim_transfer_mid_late(tables.get("eval_metrics"), tables.get("eval_comparisons")),
         claim_freeze_late_hurts_most(tables.get("necessity")),
         claim_attention_mid_late(tables.get("attention_diff"), cuts),
     ]

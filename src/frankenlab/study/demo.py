@@ -18,7 +18,7 @@ def demo_config(out: Path, pair: Path) -> StudyConfig:
         "recipes": [{"name": "miniworld", "in": str(pair / "in"), "rl": str(pair / "rl")}],
         "probe": {"pairs": str(pair / "probe-pairs" / "pairs.jsonl"), "n_per_task": 16,
                   "ablate_tasks": None, "ablate_limit": 48, "max_new_tokens": 6},
-        "eval": {"tasks": [str(pair / "tasks" / "test.jsonl")], "limit": 240, "max_new_tokens": 8,
+        "eval": {"tasks": [str(pair / "tasks" / "test.jsonl")], "limit": 800, "max_new_tokens": 8,
                  "batch_size": 32},
         "freeze": {"table": str(pair / "necessity.csv")},
     }, "demo")

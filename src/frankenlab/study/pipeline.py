@@ -104,7 +104,9 @@ def run_stage(spec: StageSpec, cfg: StudyConfig, recipe: RecipeInputs, fingerpri
     marker = _state(cfg, spec.name, recipe.name, "done.json")
     error_file = _state(cfg, spec.name, recipe.name, "error.txt")
     if stage_is_current(marker, key) and out_dir.exists():
-        outcome = StageOutcome(spec.name, recipe.name, "skipped", 0.0, str(out_dir))
+        took = float(json.loads(marker.read_text()).get("seconds", 0.0))
+        outcome = StageOutcome(spec.name, recipe.name, "skipped", 0.0, str(out_dir),
+                               f"current: computed earlier in {took:.1f} s")
         if on_event:
             on_event("end", outcome)
         return outcome
