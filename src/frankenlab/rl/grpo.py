@@ -144,16 +144,11 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-@contextlib.contextmanager
-def _left_padded(processor: Any) -> Iterator[None]:
+def _left_padded(processor: Any) -> contextlib.AbstractContextManager[None]:
     """TRL left-pads prompt ids itself; the processor's per-token fields (mm_token_type_ids) must agree."""
-    tok = getattr(processor, "tokenizer", processor)
-    old = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        yield
-    finally:
-        tok.padding_side = old
+    from frankenlab.runtime.generate import left_padding
+
+    return left_padding(processor)
 
 
 def rl_dataset(items: Sequence[Any], block: int = 1, seed: int = 0) -> Any:

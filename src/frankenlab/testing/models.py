@@ -423,14 +423,9 @@ def tiny_image(seed: int = 0, size: tuple[int, int] = (56, 56)) -> Image.Image:
 
 
 def _model_inputs(model: PreTrainedModel, batch: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(model.device)
-            if value.is_floating_point():
-                value = value.to(model.dtype)
-        out[key] = value
-    return out
+    from frankenlab.runtime.generate import to_model
+
+    return to_model(model, batch)
 
 
 def generate_with_image(
