@@ -144,3 +144,33 @@ def test_rerun_skips_and_changed_settings_rerun_only_their_stage(study):
     assert {o.stage: o.status for o in third.outcomes} == {
         "compare": "skipped", "probe_vision": "skipped", "probe_ablate": "skipped", "probe_attention": "skipped",
         "merge_eval": "done", "freeze": "skipped"}
+
+
+def test_freeze_stage_trains_frozen_variants(tmp_path):
+    """freeze.train runs GRPO from IN (unfrozen and per frozen third) and writes the necessity table."""
+    from frankenlab.freeze import verify_frozen
+    from frankenlab.miniworld.build import BuildConfig, build_miniworld
+
+    pair = tmp_path / "mw"
+    build_miniworld(pair, BuildConfig.preset(fast=True))
+    cfg = parse_config({
+        "out": str(tmp_path / "out"), "recipes": [{"in": str(pair / "in"), "rl": str(pair / "rl")}],
+        "stages": ["freeze"],
+        "freeze": {"train": {"tasks": [str(pair / "tasks" / "rl-train.jsonl")], "regions": ["late"],
+                             "eval_tasks": [str(pair / "tasks" / "test.jsonl")], "steps": 2, "prompts_per_step": 2,
+                             "eval_limit": 16, "always_frozen": "vision"}}})
+    result = run_study(cfg)
+    assert [o.status for o in result.outcomes] == ["done"], result.outcomes[0].error
+    out = tmp_path / "out" / "freeze"
+    df = pd.read_csv(out / "necessity.csv")
+    assert set(df["model"]) == {"RL", "RL-FROZEN-LATE"}
+    assert (df[df["family"] == "all"]["n"] == 16).all()
+    assert verify_frozen(pair / "in", out / "rl-frozen-late", "vision,late").ok
+
+
+def test_freeze_table_and_train_are_exclusive(tmp_path):
+    from frankenlab.study import StudyConfigError
+
+    with pytest.raises(StudyConfigError, match="either freeze.table or freeze.train"):
+        parse_config({"out": str(tmp_path), "recipes": [{"in": "a", "rl": "b"}],
+                      "freeze": {"table": "x.csv", "train": {"tasks": ["t.jsonl"]}}})

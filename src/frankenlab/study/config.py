@@ -73,8 +73,30 @@ class EvalSettings(_Frozen):
     batch_size: int = 16
 
 
+class FreezeTrain(_Frozen):
+    """GRPO runs from IN: unfrozen, and with each region frozen (TRL; see `frankenlab rl`)."""
+
+    tasks: list[str] = Field(description="RL prompt task files (frankenlab task format).")
+    eval_tasks: list[str] = Field(default_factory=list, description="Held-out items; default: eval.tasks.")
+    regions: list[str] = Field(default_factory=lambda: ["early", "mid", "late"])
+    always_frozen: str | None = Field(None, description="Frozen in every run, e.g. 'vision'.")
+    steps: int = Field(100, ge=1)
+    lr: float = Field(1e-4, gt=0, lt=1e-2)
+    prompts_per_step: int = Field(16, ge=1)
+    num_generations: int = Field(4, ge=2)
+    eval_limit: int = Field(400, ge=1, description="Held-out items evaluated per model.")
+    seed: int = 0
+
+
 class FreezeSettings(_Frozen):
     table: str | None = Field(None, description="A necessity table (e.g. miniworld build's necessity.csv).")
+    train: FreezeTrain | None = Field(None, description="Train the frozen RL variants inside the study.")
+
+    @model_validator(mode="after")
+    def _one(self) -> FreezeSettings:
+        if self.table and self.train:
+            raise ValueError("give either freeze.table or freeze.train, not both")
+        return self
 
 
 class StudyConfig(_Frozen):

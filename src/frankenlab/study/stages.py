@@ -162,18 +162,54 @@ def _necessity_source(cfg: StudyConfig, recipe: RecipeInputs) -> Path | None:
 
 
 def _freeze_applicable(cfg: StudyConfig, recipe: RecipeInputs) -> str | None:
-    if _necessity_source(cfg, recipe) is None:
+    if cfg.freeze.train is None and _necessity_source(cfg, recipe) is None:
         return ("no freezing results: give freeze.table (e.g. the necessity.csv written by `frankenlab miniworld "
                 "build`), or train frozen variants with `frankenlab rl --freeze`")
     return None
 
 
 def _freeze_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> dict[str, Any]:
+    if cfg.freeze.train is not None:
+        return {"train": cfg.freeze.train.model_dump(), "eval_tasks": cfg.eval.tasks, "cuts": cfg.cuts}
     src = _necessity_source(cfg, recipe)
     return {"table": str(src), "mtime": src.stat().st_mtime if src and src.exists() else None}
 
 
+def _train_frozen(cfg: StudyConfig, recipe: RecipeInputs, out: Path) -> None:
+    """RL from IN unfrozen and with each region frozen, then paired gains over IN on held-out items."""
+    from frankenlab.miniworld.build import NECESSITY_COLUMNS as BUILD_COLUMNS
+    from frankenlab.miniworld.build import necessity_rows
+    from frankenlab.miniworld.evaluate import evaluate, items_from_rows
+    from frankenlab.miniworld.tasks import load_tasks as load_rows
+    from frankenlab.rl.grpo import GRPOSettings, run_rl
+    from frankenlab.runtime.load import load
+
+    t = cfg.freeze.train
+    assert t is not None
+    eval_specs = t.eval_tasks or cfg.eval.tasks
+    if not eval_specs:
+        raise FrankenlabError("freeze.train needs held-out items: set freeze.train.eval_tasks or eval.tasks.")
+    items = items_from_rows([r for spec in eval_specs for r in load_rows(spec)][: t.eval_limit])
+    settings = GRPOSettings(steps=t.steps, lr=t.lr, prompts_per_step=t.prompts_per_step,
+                            num_generations=t.num_generations, seed=t.seed)
+    runs = {"rl": t.always_frozen}
+    runs |= {f"rl-frozen-{r}": ",".join(x for x in (t.always_frozen, r) if x) for r in t.regions}
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name, frozen in [("in", None), *runs.items()]:
+        path = recipe.in_ if name == "in" else out / name
+        if name != "in" and not (path / "rl_run.json").exists():
+            run_rl(recipe.in_, t.tasks, path, settings, freeze=frozen or None, cuts=cfg.cuts, overwrite=True)
+        model, processor = load(path)
+        results[name] = evaluate(model, processor, items, max_new_tokens=cfg.eval.max_new_tokens)
+    df = pd.DataFrame(necessity_rows(results, "strict", t.seed))
+    write_table(df, out / "necessity", columns=list(BUILD_COLUMNS))
+
+
 def _freeze_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
+    if cfg.freeze.train is not None:
+        _train_frozen(cfg, recipe, out)
+        return
     src = _necessity_source(cfg, recipe)
     assert src is not None
     if not src.exists():
