@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from frankenlab.cli.app import main
+from frankenlab.testing.models import save_tiny_checkpoint
+
+
+def _run(*args: str) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    return int(exc.value.code or 0)
+
+
+def test_study_cli_runs_selected_stages(tmp_path, capsys):
+    a = save_tiny_checkpoint("qwen2", tmp_path / "in", seed=0, n_llm_layers=3, with_processor=False)
+    b = save_tiny_checkpoint("qwen2", tmp_path / "rl", seed=1, n_llm_layers=3, with_processor=False)
+    out = tmp_path / "out"
+    assert _run("study", "--in", str(a), "--rl", str(b), "--out", str(out), "--stages", "compare") == 0
+    assert "report:" in capsys.readouterr().out
+    assert (out / "report.html").exists() and (out / "compare" / "layers.csv").exists()
+    assert len(json.loads((out / "findings.json").read_text())) == 6
+    assert _run("study", "--in", str(a), "--rl", str(b), "--out", str(out), "--stages", "compare") == 0
+    assert "skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,match", [
+    (["study", "--in", "x"], "--in, --rl and --out are required"),
+    (["study", "--in", "x", "--rl", "y", "--out", "o", "--stages", "nope"], "unknown stage"),
+    (["study", "cfg.yaml", "--in", "x"], "either a study YAML or --in/--rl"),
+])
+def test_study_cli_errors_exit_2(args, match, capsys):
+    assert _run(*args) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
