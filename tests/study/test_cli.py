@@ -35,3 +35,18 @@ def test_study_cli_errors_exit_2(args, match, capsys):
     assert _run(*args) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_demo_reuses_an_existing_pair(tmp_path, capsys):
+    """`frankenlab demo` on an already-built (fast) mini-world pair: the whole study, then the report path."""
+    from frankenlab.miniworld.build import BuildConfig, build_miniworld
+
+    build_miniworld(tmp_path / "miniworld", BuildConfig.preset(fast=True))
+    assert _run("demo", "--out", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "reused" in out and str(tmp_path / "study" / "report.html") in out.replace("\n", "")
+    findings = json.loads((tmp_path / "study" / "findings.json").read_text())
+    assert {f["verdict"] for f in findings} <= {"supported", "contradicted", "inconclusive"}
+    stages = json.loads((tmp_path / "study" / "stages.json").read_text())["outcomes"]
+    assert [o["status"] for o in stages] == ["done"] * 6

@@ -41,26 +41,32 @@ def build_cmd(
     con = Console(stderr=True)
     start = time.perf_counter()
     with con.status("mini-world: preparing data") as status:
-
-        def progress(stage: str, info: Any) -> None:
-            elapsed = f"[{time.perf_counter() - start:5.0f}s]"
-            if stage == "sft":
-                status.update(f"{elapsed} SFT (IN) step {info['step']}/{info['steps']}, loss {info['loss']:.3f}")
-            elif stage == "rl":
-                frozen = f", {info['freeze']} frozen" if info["freeze"] else ""
-                status.update(f"{elapsed} GRPO {info['model']}{frozen}: {info['steps']} steps")
-            elif stage == "rl-done":
-                con.print(f"{elapsed} {info['model']} trained (mean reward during GRPO {info['reward']:.2f})")
-            elif stage == "eval":
-                status.update(f"{elapsed} evaluating {info['model']}")
-                con.print(f"{elapsed} {info['model']}: strict accuracy {info['strict']:.3f}")
-            elif stage == "data":
-                con.print(f"{elapsed} data: {info['sft']} SFT items, {info['rl']} RL prompts, "
-                          f"{info['eval']} held-out items")
-
+        progress = build_progress(con, status, start)
         result = build_miniworld(out, cfg, overwrite=overwrite, progress=progress)
     _print_results(Console(), result)
     Console().print(f"wrote {result.out} in {time.perf_counter() - start:.0f} s")
+
+
+def build_progress(con: Console, status: Any, start: float) -> Any:
+    """A `build_miniworld` progress callback that drives a rich status line (also used by `demo`)."""
+
+    def progress(stage: str, info: Any) -> None:
+        elapsed = f"[{time.perf_counter() - start:5.0f}s]"
+        if stage == "sft":
+            status.update(f"{elapsed} SFT (IN) step {info['step']}/{info['steps']}, loss {info['loss']:.3f}")
+        elif stage == "rl":
+            frozen = f", {info['freeze']} frozen" if info["freeze"] else ""
+            status.update(f"{elapsed} GRPO {info['model']}{frozen}: {info['steps']} steps")
+        elif stage == "rl-done":
+            con.print(f"{elapsed} {info['model']} trained (mean reward during GRPO {info['reward']:.2f})")
+        elif stage == "eval":
+            status.update(f"{elapsed} evaluating {info['model']}")
+            con.print(f"{elapsed} {info['model']}: strict accuracy {info['strict']:.3f}")
+        elif stage == "data":
+            con.print(f"{elapsed} data: {info['sft']} SFT items, {info['rl']} RL prompts, "
+                      f"{info['eval']} held-out items")
+
+    return progress
 
 
 def _print_results(con: Console, result: Any) -> None:

@@ -97,11 +97,10 @@ def demo_cmd(
     if not built:
         _console.print("[bold]building the mini-world pair[/bold] (IN by SFT, RL by GRPO, frozen RL variants) …")
 
-    def on_build(stage: str, info) -> None:  # noqa: ANN001
-        if stage in ("data", "sft_done", "rl_done", "eval_done") or stage.endswith("done"):
-            _console.print(f"  {stage}: " + ", ".join(f"{k}={v}" for k, v in dict(info).items() if k != "losses"))
+    from frankenlab.cli.miniworld import build_progress
 
-    pair = ensure_pair(root, progress=on_build)
+    with _console.status("mini-world: preparing data") as status:
+        pair = ensure_pair(root, progress=build_progress(_console, status, t0))
     _console.print(f"mini-world pair: {pair.resolve()} ({'reused' if built else 'built'} in "
                    f"{time.perf_counter() - t0:.0f} s)")
     report = run_and_report(demo_config(root, pair))
