@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from frankenlab.errors import EvalError
 from frankenlab.eval.endpoint import Endpoint, JsonlCache, image_data_url, stable_key
 from frankenlab.io import write_text
+from frankenlab.io.jsonl import iter_jsonl
 from frankenlab.runtime.generate import GenerationSettings, Prompt
 from frankenlab.tasks.schema import Task, TaskItem
 
@@ -149,23 +150,16 @@ def read_descriptions(path: str | os.PathLike[str]) -> dict[tuple[str | None, st
     if not p.is_file():
         raise EvalError(f"descriptions file {p} does not exist.")
     out: dict[tuple[str | None, str], str] = {}
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalError(f"{p}, line {lineno}: not valid JSON ({exc.msg}).") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("id"), (str, int)):
-                raise EvalError(f"{p}, line {lineno}: expected an object with 'id' and 'description'.")
-            text = row.get("description")
-            if text is None and row.get("error"):
-                continue  # a failed description in an earlier run's file
-            if not isinstance(text, str) or not text.strip():
-                raise EvalError(f"{p}, line {lineno}: 'description' must be a non-empty string.")
-            task = row.get("task")
-            out[(str(task) if task is not None else None, str(row["id"]))] = text
+    for lineno, row in iter_jsonl(p, error=EvalError, what="a descriptions .jsonl file"):
+        if not isinstance(row.get("id"), (str, int)):
+            raise EvalError(f"{p}, line {lineno}: expected an object with 'id' and 'description'.")
+        text = row.get("description")
+        if text is None and row.get("error"):
+            continue  # a failed description in an earlier run's file
+        if not isinstance(text, str) or not text.strip():
+            raise EvalError(f"{p}, line {lineno}: 'description' must be a non-empty string.")
+        task = row.get("task")
+        out[(str(task) if task is not None else None, str(row["id"]))] = text
     return out
 
 

@@ -25,6 +25,7 @@ from PIL import Image
 
 from frankenlab.errors import TaskError
 from frankenlab.io import atomic_file, write_text
+from frankenlab.io.jsonl import iter_jsonl as _iter_jsonl
 from frankenlab.synth.scenes import COLORS, SHAPES, Obj, Scene, describe, random_scene, render
 
 __all__ = [
@@ -305,20 +306,7 @@ def export_tasks(items: Sequence[TaskItem], out_dir: str | Path, name: str) -> P
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; TaskError naming the line otherwise."""
-    p = Path(path)
-    if not p.is_file():
-        raise TaskError(f"{p} does not exist or is not a file; pass the path of a .jsonl file.")
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskError(f"{p}, line {lineno}: not valid JSON ({exc.msg}); write one object a line.") from exc
-            if not isinstance(row, dict):
-                raise TaskError(f"{p}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
-            yield lineno, row
+    return _iter_jsonl(path, error=TaskError)
 
 
 def _check_task_row(row: dict[str, Any], base: Path, where: str) -> dict[str, Any]:

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import pytest
+
+from frankenlab.errors import EvalError, TaskError
+from frankenlab.io.jsonl import iter_jsonl
+
+
+def test_rows_with_line_numbers_and_errors_naming_the_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert list(iter_jsonl(p)) == [(1, {"a": 1}), (3, {"a": 2})]
+    p.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(TaskError, match="line 2: expected a JSON object, got list"):
+        list(iter_jsonl(p, error=TaskError))
+    p.write_text('{"a": 1}\n{broken\n')
+    with pytest.raises(EvalError, match="line 2: not valid JSON"):
+        list(iter_jsonl(p, error=EvalError))
+    with pytest.raises(EvalError, match="does not exist"):
+        list(iter_jsonl(tmp_path / "missing.jsonl", error=EvalError))
