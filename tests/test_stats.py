@@ -139,3 +139,52 @@ def test_interval_coverage_simulation() -> None:
         boot_hits += blow <= p_true <= bhigh
     assert 0.90 <= wilson_hits / draws <= 0.99
     assert 0.90 <= boot_hits / draws <= 0.99
+
+
+def test_holm_matches_hand_computation():
+    from frankenlab.stats import holm
+
+    # sorted p: 0.01 (×3), 0.02 (×2), 0.04 (×1) → 0.03, 0.04, 0.04 (monotone); None is skipped
+    assert holm([0.04, 0.01, None, 0.02]) == pytest.approx([0.04, 0.03, None, 0.04])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_permutation_group_test_exact_against_itertools():
+    import itertools
+
+    from frankenlab.stats import permutation_group_test
+
+    x = np.array([0.3, 0.1, 0.9, 1.2, 0.8, 1.1])
+    g = np.array([False, False, True, True, True, True])
+    diff, p, n = permutation_group_test(x, g)
+    assert n == 15 and diff == pytest.approx(x[g].mean() - x[~g].mean())
+    stats = []
+    for chosen in itertools.combinations(range(6), 4):
+        m = np.zeros(6, bool)
+        m[list(chosen)] = True
+        stats.append(x[m].mean() - x[~m].mean())
+    assert p == pytest.approx(np.mean(np.abs(stats) >= abs(diff) - 1e-12))
+    assert p == pytest.approx(1 / 15)  # the most extreme arrangement: the smallest attainable p
+
+
+def test_permutation_group_test_monte_carlo_is_calibrated():
+    from frankenlab.stats import permutation_group_test
+
+    rng = np.random.default_rng(0)
+    g = np.arange(28) >= 9
+    ps = [permutation_group_test(rng.standard_normal(28), g, n_perm=400, seed=s)[1] for s in range(200)]
+    assert 0.01 <= np.mean(np.array(ps) < 0.05) <= 0.10
+
+
+def test_sign_flip_exact_and_monte_carlo():
+    import itertools
+
+    from frankenlab.stats import sign_flip_test
+
+    d = np.array([1.0, 2.0, -0.5, 3.0])
+    flips = [abs(np.dot(s, d)) / 4 for s in itertools.product([-1, 1], repeat=4)]
+    assert sign_flip_test(d) == pytest.approx(np.mean(np.array(flips) >= abs(d.mean()) - 1e-12))
+    big = np.r_[np.ones(30), -np.ones(10)]
+    p = sign_flip_test(big, n_perm=4000, seed=1)
+    assert 0.0005 < p < 0.01  # binomial two-sided P(≥30 of 40) ≈ 0.0022
+    assert sign_flip_test(np.zeros(20)) == 1.0

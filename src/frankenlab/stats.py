@@ -18,8 +18,11 @@ from frankenlab.errors import FrankenlabError
 __all__ = [
     "bootstrap_mean_ci",
     "bootstrap_statistic_ci",
+    "holm",
     "mcnemar_exact",
     "paired_bootstrap_diff",
+    "permutation_group_test",
+    "sign_flip_test",
     "two_by_two",
     "wilson_interval",
 ]
@@ -230,3 +233,90 @@ def two_by_two(a: ArrayLike, b: ArrayLike) -> dict[str, int]:
         "n01": int(np.count_nonzero(~x & y)),
         "n00": int(np.count_nonzero(~x & ~y)),
     }
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm–Bonferroni adjusted p-values (step-down, monotone); None entries stay None and do not count."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
+    m = len(idx)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda j: float(pvalues[j]))):  # type: ignore[arg-type]
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))  # type: ignore[arg-type]
+        out[i] = running
+    return out
+
+
+def _group_means_diff(values: NDArray[np.float64], masks: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """mean(values[mask]) − mean(values[~mask]) for each row of `masks`."""
+    k = masks.sum(axis=1)
+    inside = masks @ values
+    total = values.sum()
+    return inside / k - (total - inside) / (values.size - k)
+
+
+def permutation_group_test(
+    values: ArrayLike,
+    in_group: ArrayLike,
+    *,
+    n_perm: int = 20000,
+    seed: int | np.random.Generator = 0,
+) -> tuple[float, float, int]:
+    """``(diff, p_two_sided, n_arrangements)`` for mean(group) − mean(rest) by relabelling the units.
+
+    Exact (every arrangement of the group labels) when there are at most ``n_perm`` of them, else
+    ``n_perm`` random ones plus the observed. p counts arrangements at least as extreme as observed,
+    so the smallest attainable p is 1 / number of arrangements: with few units the test says so
+    through a large p rather than by a false claim.
+    """
+    x = _as_1d(values, "values")
+    g = _as_bool(in_group, "in_group")
+    if g.shape != x.shape:
+        raise FrankenlabError(f"values and in_group need equal lengths, got {x.shape[0]} and {g.shape[0]}")
+    k, n = int(g.sum()), x.size
+    if k == 0 or k == n:
+        raise FrankenlabError("a permutation test needs units both inside and outside the group")
+    observed = float(x[g].mean() - x[~g].mean())
+    total = math.comb(n, k)
+    if total <= n_perm:
+        from itertools import combinations
+
+        masks = np.zeros((total, n), dtype=bool)
+        for row, chosen in enumerate(combinations(range(n), k)):
+            masks[row, list(chosen)] = True
+        stats = _group_means_diff(x, masks)
+        count = int(np.count_nonzero(np.abs(stats) >= abs(observed) - 1e-12 * max(1.0, abs(observed))))
+        return observed, count / total, total
+    rng = _rng(seed)
+    keys = rng.random((int(n_perm), n))
+    masks = np.zeros((int(n_perm), n), dtype=bool)
+    np.put_along_axis(masks, np.argsort(keys, axis=1)[:, :k], True, axis=1)
+    stats = _group_means_diff(x, masks)
+    count = int(np.count_nonzero(np.abs(stats) >= abs(observed) - 1e-12 * max(1.0, abs(observed))))
+    return observed, (1 + count) / (int(n_perm) + 1), total
+
+
+def sign_flip_test(
+    differences: ArrayLike,
+    *,
+    n_perm: int = 20000,
+    seed: int | np.random.Generator = 0,
+) -> float:
+    """Two-sided p for mean(d) == 0 over paired items by random sign flips (exact for n ≤ 14)."""
+    d = _as_1d(differences, "differences")
+    n = d.size
+    if n == 0:
+        return math.nan
+    observed = abs(float(d.mean()))
+    tol = 1e-12 * max(1.0, observed)
+    if n <= 14:
+        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+        stats = np.abs(signs @ d) / n
+        return float(np.count_nonzero(stats >= observed - tol)) / 2**n
+    rng = _rng(seed)
+    count = 0
+    for start in range(0, int(n_perm), max(1, _MAX_CHUNK_ELEMENTS // n)):
+        m = min(int(n_perm) - start, max(1, _MAX_CHUNK_ELEMENTS // n))
+        signs = rng.integers(0, 2, size=(m, n)) * 2 - 1
+        count += int(np.count_nonzero(np.abs(signs @ d) / n >= observed - tol))
+    return (1 + count) / (int(n_perm) + 1)

@@ -16,9 +16,10 @@ from matplotlib.ticker import MaxNLocator
 
 from frankenlab.io import atomic_file
 
-__all__ = ["ablation_plots", "attention_plots", "vision_plots"]
+__all__ = ["ablation_figure", "ablation_plots", "attention_plots", "model_label", "vision_plots"]
 
 MODEL_COLORS = {"IN": "tab:blue", "RL": "tab:red"}
+MODEL_ROLES = ("BASE", "IN", "RL")
 
 
 def _save(fig: Figure, path: Path) -> str:
@@ -35,10 +36,26 @@ def _band(ax: Axes, x: pd.Series, y: pd.Series, low: pd.Series, high: pd.Series,
     ax.fill_between(x, low.astype(float), high.astype(float), color=line.get_color(), alpha=0.18, lw=0)
 
 
-def vision_plots(table: pd.DataFrame, out: Path) -> list[str]:
-    """Change-rate and flip-rate curves per task over the unified layer index."""
+def model_label(out: Path) -> str | None:
+    """The model a probe's plots belong to, from its output folder (a study writes .../IN/plots, .../RL/plots)."""
+    for part in (out.name, out.parent.name):
+        if part.upper() in MODEL_ROLES:
+            return part.upper()
+    return None
+
+
+def _titled(title: str, model: str | None) -> str:
+    return f"{model}: {title}" if model else title
+
+
+def vision_plots(table: pd.DataFrame, out: Path, model: str | None = None) -> list[str]:
+    """Change-rate and flip-rate curves per task over the unified layer index.
+
+    `model` (default: from the folder name) prefixes the titles, so IN and RL panels cannot be confused.
+    """
     if table.empty or table["n"].max() == 0:
         return []
+    model = model or model_label(out)
     written = []
     mode = str(table["mode"].iloc[0])
     for metric, label in (("change", "change rate"), ("flip", "flip-to-source rate")):
@@ -52,37 +69,49 @@ def vision_plots(table: pd.DataFrame, out: Path) -> list[str]:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("unified layer L (LLM decoder layer + 1)")
         ax.set_ylabel(label)
-        ax.set_title(f"Visual K/V swap ({'layers ≥ L' if mode == 'suffix' else 'layer L only'}): {label}, "
-                     "Wilson 95 %")
+        ax.set_title(_titled(f"Visual K/V swap ({'layers ≥ L' if mode == 'suffix' else 'layer L only'}): "
+                             f"{label}, Wilson 95 %", model))
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         written.append(_save(fig, out / f"vision_{metric}.png"))
     return written
 
 
-def ablation_plots(table: pd.DataFrame, out: Path) -> list[str]:
-    """Accuracy (and gold log-prob) per skipped layer, the unablated baseline as a line."""
+def ablation_figure(table: pd.DataFrame, col: str, label: str, model: str | None = None) -> Figure | None:
+    """One measure per skipped layer with its interval; layer −1 (nothing skipped) is the dashed baseline."""
+    data = table[table[col].notna()]
+    if data.empty:
+        return None
+    fig = Figure(figsize=(8, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    for task, g in data.groupby("task", sort=True):
+        base = g[g["layer"] == -1]
+        g = g[g["layer"] >= 0].sort_values("unified_layer")
+        _band(ax, g["unified_layer"], g[col], g[f"{col}_low"], g[f"{col}_high"],
+              f"{task} (n={int(g['n'].max()) if len(g) else 0})")
+        if len(base):
+            ax.axhline(float(base[col].iloc[0]), ls="--", lw=0.9, color=ax.lines[-1].get_color(),
+                       label=f"{task} baseline (no layer skipped)")
+    ax.set_xlabel("unified layer of the skipped decoder layer (dashed: baseline, no layer skipped)")
+    ax.set_ylabel(label)
+    ax.set_title(_titled(f"Layer ablation: {label}", model))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def ablation_plots(table: pd.DataFrame, out: Path, model: str | None = None) -> list[str]:
+    """Accuracy (and gold log-prob) per skipped layer, the unablated baseline as a line.
+
+    `model` (default: from the folder name) prefixes the titles, so IN and RL panels cannot be confused.
+    """
+    model = model or model_label(out)
     written = []
-    for col, low, high, label, name in (
-        ("accuracy", "accuracy_low", "accuracy_high", "accuracy", "ablation_accuracy.png"),
-        ("gold_logprob", "gold_logprob_low", "gold_logprob_high", "mean log p(gold answer token)",
-         "ablation_gold_logprob.png"),
+    for col, label, name in (
+        ("accuracy", "accuracy", "ablation_accuracy.png"),
+        ("gold_logprob", "mean log p(gold answer token)", "ablation_gold_logprob.png"),
     ):
-        data = table[table[col].notna()]
-        if data.empty:
-            continue
-        fig = Figure(figsize=(8, 3.8))
-        ax = fig.add_subplot(1, 1, 1)
-        for task, g in data.groupby("task", sort=True):
-            base = g[g["layer"] == -1]
-            g = g[g["layer"] >= 0].sort_values("unified_layer")
-            _band(ax, g["unified_layer"], g[col], g[low], g[high], f"{task} (n={int(g['n'].max()) if len(g) else 0})")
-            if len(base):
-                ax.axhline(float(base[col].iloc[0]), ls="--", lw=0.9, color=ax.lines[-1].get_color())
-        ax.set_xlabel("unified layer of the skipped decoder layer (dashed: no layer skipped)")
-        ax.set_ylabel(label)
-        ax.set_title(f"Layer ablation: {label}")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        written.append(_save(fig, out / name))
+        fig = ablation_figure(table, col, label, model)
+        if fig is not None:
+            written.append(_save(fig, out / name))
     return written
 
 

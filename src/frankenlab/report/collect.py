@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from frankenlab.errors import FrankenlabError
+
 
 @dataclass
 class RecipeData:
@@ -17,10 +19,29 @@ class RecipeData:
     tables: dict[str, pd.DataFrame | None] = field(default_factory=dict)
     plots: dict[str, list[Path]] = field(default_factory=dict)  # section → PNGs
     notes: dict[str, Any] = field(default_factory=dict)
+    items: dict[str, Any] = field(default_factory=dict)  # per-item records the claim tests resample
 
 
 def _csv(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]] | None:
+    """Item records of a stage (None when it wrote none); a torn last line of a killed run is skipped."""
+    if not path.is_file():
+        return None
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i != len(lines) - 1:
+                raise FrankenlabError(f"{path}, line {i + 1}: not valid JSON ({exc.msg}); rerun the stage that wrote "
+                                      "it.") from exc
+    return rows
 
 
 def _pngs(folder: Path) -> list[Path]:
@@ -56,4 +77,11 @@ def collect_recipe(name: str, stage_dirs: dict[str, Path], inputs: dict[str, dic
     fr = stage_dirs["freeze"]
     d.tables["necessity"] = _csv(fr / "necessity.csv")
     d.plots["freeze"] = _pngs(fr)
+    for role in ("IN", "RL"):
+        d.items[f"vision_{role.lower()}"] = _jsonl(stage_dirs["probe_vision"] / role / "vision_items.jsonl")
+        d.items[f"ablation_{role.lower()}"] = _jsonl(stage_dirs["probe_ablate"] / role / "ablation_items.jsonl")
+    d.items["attention"] = _jsonl(att / "attention_items.jsonl")
+    d.items["eval"] = _jsonl(ev / "items.jsonl")
+    frozen = {p.stem: _jsonl(p) for p in sorted((fr / "items").glob("*.jsonl"))} if (fr / "items").is_dir() else {}
+    d.items["freeze"] = frozen or None
     return d

@@ -1,260 +1,674 @@
-"""One verdict per claim of the paper, decided from the stage tables with the numbers that decided it.
+"""One verdict per claim of the paper, each a stated statistical test on the stage outputs.
 
-Each rule is deliberately simple and stated in `rule`, so a reader can check it by hand against the
-tables. Missing stages or underpowered data give `inconclusive` with the reason, never a guess.
+Every claim names its null hypothesis in `rule`, reports a headline effect with a 95 % interval, n,
+a p-value and the test used, and combines its sub-tests with Holm's correction. A sub-test counts
+only when its Holm-adjusted p is below α = 0.05 *and* its 95 % interval excludes the null value.
+The claim is *supported* when every sub-test is significant in the claimed direction,
+*contradicted* when any is significant against it, and *inconclusive* otherwise — with the reason
+in words. No update at all, missing stages or a test too small to ever reach α give
+*inconclusive*, never a guess. `docs/study.md` lists the rules and their measured false-positive
+rates on null pairs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from frankenlab.regions import Partition
+from frankenlab.stats import bootstrap_mean_ci, holm, permutation_group_test, sign_flip_test
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 PARTS = ("early", "mid", "late")
+ALPHA = 0.05
+N_BOOT = 2000
+SEED = 0
+#: A layer whose skip removes at least this share of a task's baseline accuracy "breaks" that task.
+BREAKS = 0.9
 
 
 @dataclass
 class Claim:
+    """One verdict with the test that decided it.
+
+    `effect`, `ci_low`, `ci_high`, `n`, `p`, `test` describe the headline test (None where it does not
+    apply); `reason` says in one sentence why the verdict is what it is. `evidence` holds the rest:
+    `evidence["subtests"]` is a list of dicts (name, effect, ci_low, ci_high, n, p, p_holm, test, verdict)
+    for claims that combine several tests, `evidence["table"]` an optional small table
+    ({"columns": [...], "rows": [[...], ...]}), anything else scalar numbers or short strings.
+    """
+
     claim: str  # id
     statement: str
     verdict: str
     rule: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    effect: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+    p: float | None = None
+    test: str | None = None
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _r(x: float | None, nd: int = 4) -> float | None:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+@dataclass
+class SubTest:
+    """One directional test: `expect` is +1 when the claim needs effect > null, −1 when < null."""
+
+    name: str
+    effect: float
+    ci_low: float
+    ci_high: float
+    n: int
+    p: float
+    test: str
+    expect: int = 1
+    null: float = 0.0
+    p_holm: float | None = None
+    required: bool = True  # False: it can contradict the claim but need not be significant to support it
+
+    @property
+    def direction(self) -> int:
+        """+1 / −1 when significant above / below the null (Holm p < α and the interval excludes it), else 0."""
+        if self.p_holm is None or not self.p_holm < ALPHA or any(map(_bad, (self.ci_low, self.ci_high))):
+            return 0
+        if self.ci_low > self.null:
+            return 1
+        if self.ci_high < self.null:
+            return -1
+        return 0
+
+    @property
+    def verdict(self) -> str:
+        d = self.direction
+        return INCONCLUSIVE if d == 0 else SUPPORTED if d == self.expect else CONTRADICTED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "effect": _r(self.effect), "ci_low": _r(self.ci_low), "ci_high": _r(self.ci_high),
+                "n": int(self.n), "p": _r(self.p), "p_holm": _r(self.p_holm), "test": self.test,
+                "expected": ("> " if self.expect > 0 else "< ") + _fmt(self.null)
+                + ("" if self.required else " (or not significant)"), "verdict": self.verdict}
+
+
+def _bad(x: float | None) -> bool:
+    return x is None or not math.isfinite(float(x))
+
+
+def _r(x: Any, nd: int = 5) -> float | None:
+    if x is None:
         return None
-    return round(float(x), nd)
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return round(v, nd) if math.isfinite(v) else None
 
 
-def _part_of(block: int, cuts: tuple[int, int]) -> str:
-    return "early" if block < cuts[0] else "mid" if block < cuts[1] else "late"
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
 
 
-def _llm_part_means(layers: pd.DataFrame, phase: str, column: str, cuts: tuple[int, int]) -> dict[str, float]:
+def _fmt_test(t: SubTest) -> str:
+    return f"{_fmt(t.effect)} [{_fmt(t.ci_low)}, {_fmt(t.ci_high)}] (n = {t.n}, Holm p = {_fmt(t.p_holm or 1.0)})"
+
+
+def _decide(c: Claim, tests: list[SubTest], what: str) -> Claim:
+    """Holm over `tests`, the verdict rule of the module docstring, and the headline test."""
+    if not tests:
+        return c
+    for t, p in zip(tests, holm([t.p for t in tests])):
+        t.p_holm = p
+    against = [t for t in tests if t.direction == -t.expect]
+    weak = [t for t in tests if t.required and t.direction != t.expect]
+    if against:
+        c.verdict, head = CONTRADICTED, against[0]
+        c.reason = f"{head.name} is significant against the claim: {_fmt_test(head)}."
+    elif not weak:
+        c.verdict, head = SUPPORTED, max((t for t in tests if t.required), key=lambda t: t.p_holm or 0.0)
+        c.reason = (f"every required sub-test of {what} is significant in the claimed direction and none against "
+                    f"it; the weakest, {head.name}: {_fmt_test(head)}.")
+    else:
+        head = max(weak, key=lambda t: t.p_holm or 0.0)
+        c.reason = (f"{head.name} is not significant at α = {ALPHA} after Holm's correction: {_fmt_test(head)}; "
+                    "no sub-test contradicts the claim.")
+    c.effect, c.ci_low, c.ci_high, c.n = _r(head.effect), _r(head.ci_low), _r(head.ci_high), int(head.n)
+    c.p, c.test = _r(head.p_holm), f"{head.name}: {head.test} (Holm-adjusted over {len(tests)})"
+    c.evidence["subtests"] = [t.to_dict() for t in tests]
+    return c
+
+
+def _no(c: Claim, reason: str) -> Claim:
+    c.reason = reason
+    return c
+
+
+Cuts = tuple[int, int] | Partition
+
+
+def _partition(cuts: Cuts) -> Partition:
+    """A Partition as given, or one from bare cuts (then the layer count is left open above the last cut)."""
+    return cuts if isinstance(cuts, Partition) else Partition(10**9, (int(cuts[0]), int(cuts[1])))
+
+
+def _part_names(cuts: Cuts) -> Callable[[int], str]:
+    """0-based LLM decoder index → early/mid/late, via the shared Partition rule."""
+    return _partition(cuts).part_of
+
+
+def _paired(name: str, d: Sequence[float], test: str = "paired bootstrap interval, sign-flip permutation p",
+            expect: int = 1) -> SubTest:
+    arr = np.asarray(d, dtype=float)
+    mean, low, high = bootstrap_mean_ci(arr, n_boot=N_BOOT, seed=SEED)
+    return SubTest(name, mean, low, high, int(arr.size), sign_flip_test(arr, seed=SEED), test, expect)
+
+
+# -- update energy ------------------------------------------------------------------------------
+def _layer_energy(layers: pd.DataFrame, phase: str, part_of: Callable[[int], str]) -> pd.DataFrame:
+    """Per LLM layer: relative energy ‖Δ‖_F/‖W‖_F over its matrices, and its part."""
     df = layers[(layers["phase"] == phase) & (layers["section"] == "llm")].copy()
     if df.empty:
-        return {}
-    df["part"] = [(_part_of(int(u) - 1, cuts)) for u in df["layer"]]
-    return {p: float(df[df["part"] == p][column].mean()) for p in PARTS if (df["part"] == p).any()}
+        return df
+    for col in ("rel_fro_total", "rel_fro_mean"):
+        if col in df.columns and df[col].notna().all():
+            df["energy"] = df[col].astype(float)
+            df["measure"] = col
+            break
+    else:
+        df["energy"] = df["fro_sum"].astype(float)
+        df["measure"] = "fro_sum"
+    df["part"] = [part_of(int(u) - 1) for u in df["layer"]]  # unified LLM layer k+1 = decoder k
+    return df
 
 
-def claim_rl_update_mid_late(layers: pd.DataFrame | None, cuts: tuple[int, int]) -> Claim:
-    c = Claim("rl_refines_mid_late", "RL's weight update concentrates in mid-to-late LLM layers.", INCONCLUSIVE,
-              "per-layer mean ‖ΔRL‖_F: mean over mid+late layers vs early layers; supported if ≥ 1.1× early, "
-              "contradicted if ≤ 0.9× early")
-    if layers is None or layers.empty:
-        c.evidence["reason"] = "compare stage has no results"
-        return c
-    means = _llm_part_means(layers, "rl", "fro_sum", cuts)
-    if len(means) < 3:
-        c.evidence["reason"] = "no per-layer RL energy for all three parts"
-        return c
-    ml = (means["mid"] + means["late"]) / 2
-    ratio = ml / means["early"] if means["early"] > 0 else math.inf
-    c.evidence = {"fro_per_layer": {k: _r(v) for k, v in means.items()}, "mid_late_over_early": _r(ratio, 3)}
-    c.verdict = SUPPORTED if ratio >= 1.1 else CONTRADICTED if ratio <= 0.9 else INCONCLUSIVE
-    return c
-
-
-def claim_energy_in_late_rl_mid(layers: pd.DataFrame | None, cuts: tuple[int, int]) -> Claim:
-    c = Claim("energy_in_late_rl_mid", "IN's update puts most energy in late layers, RL's in mid layers.",
-              INCONCLUSIVE, "argmax over early/mid/late of the per-layer mean ‖Δ‖_F, for ΔIN (needs BASE) and ΔRL")
-    if layers is None or layers.empty:
-        c.evidence["reason"] = "compare stage has no results"
-        return c
-    rl = _llm_part_means(layers, "rl", "fro_sum", cuts)
-    inn = _llm_part_means(layers, "in", "fro_sum", cuts)
-    c.evidence = {"rl": {k: _r(v) for k, v in rl.items()}, "in": {k: _r(v) for k, v in inn.items()}}
-    if not inn:
-        c.evidence["reason"] = "no BASE checkpoint: ΔIN = IN − BASE is unavailable"
-        return c
-    top_in, top_rl = max(inn, key=inn.get), max(rl, key=rl.get)
-    c.evidence.update(top_in=top_in, top_rl=top_rl)
-    if top_in == "late" and top_rl == "mid":
-        c.verdict = SUPPORTED
-    elif top_in != "late" and top_rl != "mid":
-        c.verdict = CONTRADICTED
-    return c
-
-
-def _critical_layer(df: pd.DataFrame, rate: str) -> tuple[float | None, float]:
-    """Last unified layer from which a suffix swap still achieves half the maximum rate."""
-    df = df.sort_values("unified_layer")
-    peak = float(df[rate].max()) if not df.empty else 0.0
-    if peak <= 0:
-        return None, peak
-    above = df[df[rate] >= 0.5 * peak]
-    return float(above["unified_layer"].max()), peak
-
-
-def claim_localization_order(vision: pd.DataFrame | None, ablation: pd.DataFrame | None,
-                             cuts: tuple[int, int]) -> Claim:
-    c = Claim("localization_order", "Recognition localizes early, OCR/counting/grounding mid, reasoning late.",
-              INCONCLUSIVE, "vision tasks: the last LLM layer whose suffix swap still reaches half the peak "
-              "flip-to-source rate (RL model); reasoning: the layer whose ablation lowers gold log-prob most; "
-              "supported if recognition ≤ the others ≤ reasoning in that order, contradicted if recognition comes "
-              "after reasoning")
-    crit: dict[str, Any] = {}
-    if vision is not None and not vision.empty:
-        for task, g in vision.groupby("task"):
-            layer, peak = _critical_layer(g[g["unified_layer"] > 0], "flip_rate")
-            crit[str(task)] = {"layer": layer, "peak_flip_rate": _r(peak)}
-    if ablation is not None and not ablation.empty:
-        base = ablation[ablation["layer"] == -1]
-        abl = ablation[ablation["layer"] >= 0]
-        for task, g in abl.groupby("task"):
-            b = base[base["task"] == task]["gold_logprob"]
-            if b.empty or g.empty:
-                continue
-            drop = float(b.iloc[0]) - g["gold_logprob"]
-            i = int(drop.values.argmax())
-            crit[f"reasoning:{task}"] = {"layer": float(g["unified_layer"].iloc[i]), "max_logprob_drop": _r(drop.max())}
-    c.evidence["critical_layers"] = crit
-    rec = crit.get("recognition", {}).get("layer")
-    mids = [crit[t]["layer"] for t in ("ocr", "counting", "grounding") if crit.get(t, {}).get("layer") is not None]
-    reas = [v["layer"] for k, v in crit.items() if k.startswith("reasoning:") and v["layer"] is not None]
-    if rec is None or not mids or not reas:
-        c.evidence["reason"] = "missing probe results, or swaps never flip the answer (the model ignores the swap)"
-        return c
-    reason_layer = max(reas)
-    parts = {"recognition": _part_of(int(rec) - 1, cuts), "perception_mid": [_part_of(int(m) - 1, cuts) for m in mids],
-             "reasoning": _part_of(int(reason_layer) - 1, cuts)}
-    c.evidence["parts"] = parts
-    if rec <= min(mids) and max(mids) <= reason_layer and rec < reason_layer:
-        c.verdict = SUPPORTED
-    elif rec > reason_layer:
-        c.verdict = CONTRADICTED
-    return c
-
-
-def _paired(comparisons: pd.DataFrame, model_b: str, measure: str) -> dict[str, float] | None:
-    """IN vs `model_b` on one measure (pooled task `all` when present), from eval's paired table."""
-    rows = comparisons[(comparisons["model_a"] == "IN") & (comparisons["model_b"] == model_b)
-                       & (comparisons["measure"] == measure)]
-    if rows.empty:
+def _group_test(name: str, df: pd.DataFrame, group: Iterable[str], against: Iterable[str],
+                expect: int = 1) -> SubTest | None:
+    """mean relative energy of the layers in `group` − in `against`, permuting the layers' part labels."""
+    g, a = set(group), set(against)
+    sub = df[df["part"].isin(g | a)]
+    mask = sub["part"].isin(g).to_numpy()
+    if mask.all() or not mask.any():
         return None
-    pooled = rows[rows["task"] == "all"]
-    if pooled.empty:
-        if rows["task"].nunique() != 1:
-            return None
-        pooled = rows
-    r = pooled.iloc[0]
-    # comparisons hold IN − model_b; flip to model_b − IN (the gain)
-    return {"in": float(r["value_a"]), "value": float(r["value_b"]), "gain": -float(r["diff"]),
-            "gain_low": -float(r["ci_high"]), "gain_high": -float(r["ci_low"]), "p": float(r["p_mcnemar"])}
+    x = sub["energy"].to_numpy(float)
+    diff, p, arrangements = permutation_group_test(x, mask, seed=SEED)
+    rng = np.random.default_rng(SEED)
+    gi, ai = x[mask], x[~mask]
+    boots = np.array([rng.choice(gi, gi.size).mean() - rng.choice(ai, ai.size).mean() for _ in range(N_BOOT)])
+    low, high = (float(v) for v in np.percentile(boots, [2.5, 97.5]))
+    t = SubTest(name, diff, low, high, int(x.size), p,
+                f"layer permutation test ({arrangements} arrangements; smallest attainable p = "
+                f"{_fmt(1 / arrangements if arrangements <= 20000 else 1 / 20001)}), interval by resampling "
+                "layers within parts", expect)
+    return t
 
 
-def claim_transfer_mid_late(metrics: pd.DataFrame | None, comparisons: pd.DataFrame | None = None) -> Claim:
+def _energy_table(df: pd.DataFrame) -> dict[str, Any]:
+    rows = [[int(r["layer"]) - 1, r["part"], _r(r["energy"], 7)] for _, r in df.sort_values("layer").iterrows()]
+    return {"columns": ["decoder layer", "part", str(df["measure"].iloc[0])], "rows": rows}
+
+
+def claim_rl_update_mid_late(layers: pd.DataFrame | None, cuts: Cuts) -> Claim:
+    c = Claim("rl_refines_mid_late", "RL's weight update concentrates in mid-to-late LLM layers.", INCONCLUSIVE,
+              "H0: the relative update ‖ΔRL‖_F/‖W_IN‖_F of a decoder layer does not depend on whether it is early "
+              "or mid/late. Effect: mean relative energy of mid+late layers − early layers; layer permutation "
+              "test, interval by resampling layers within parts.")
+    if layers is None or layers.empty:
+        return _no(c, "the compare stage has no results.")
+    df = _layer_energy(layers, "rl", _part_names(cuts))
+    if df.empty or set(df["part"]) != set(PARTS):
+        return _no(c, "no per-layer RL update for all three parts of the LLM.")
+    c.evidence["table"] = _energy_table(df)
+    c.evidence["per_part_mean"] = {p: _r(df[df["part"] == p]["energy"].mean(), 7) for p in PARTS}
+    if float(df["energy"].abs().max()) == 0.0:
+        return _no(c, "no update: every LLM matrix of RL is identical to IN (ΔRL = 0), so there is nothing to "
+                      "localize.")
+    t = _group_test("mid+late − early relative energy", df, ("mid", "late"), ("early",))
+    assert t is not None
+    return _decide(c, [t], "the energy contrast")
+
+
+def claim_energy_in_late_rl_mid(layers: pd.DataFrame | None, cuts: Cuts) -> Claim:
+    c = Claim("energy_in_late_rl_mid", "IN's update puts most energy in late layers, RL's in mid layers.",
+              INCONCLUSIVE, "H0 (two sub-tests, Holm): ΔIN's relative energy in late layers equals that of the "
+              "other layers; ΔRL's in mid layers equals that of the other layers. Layer permutation tests.")
+    if layers is None or layers.empty:
+        return _no(c, "the compare stage has no results.")
+    part_of = _part_names(cuts)
+    rl, inn = _layer_energy(layers, "rl", part_of), _layer_energy(layers, "in", part_of)
+    if inn.empty:
+        return _no(c, "no BASE checkpoint: ΔIN = IN − BASE is unavailable.")
+    if rl.empty or set(rl["part"]) != set(PARTS) or set(inn["part"]) != set(PARTS):
+        return _no(c, "no per-layer update for all three parts of the LLM.")
+    c.evidence["per_part_mean_in"] = {p: _r(inn[inn["part"] == p]["energy"].mean(), 7) for p in PARTS}
+    c.evidence["per_part_mean_rl"] = {p: _r(rl[rl["part"] == p]["energy"].mean(), 7) for p in PARTS}
+    zero = [name for name, d in (("ΔIN", inn), ("ΔRL", rl)) if float(d["energy"].abs().max()) == 0.0]
+    if zero:
+        return _no(c, f"no update in {' and '.join(zero)}: the checkpoints are identical in every LLM matrix.")
+    tests = [_group_test("ΔIN: late − early/mid", inn, ("late",), ("early", "mid")),
+             _group_test("ΔRL: mid − early/late", rl, ("mid",), ("early", "late"))]
+    return _decide(c, [t for t in tests if t is not None], "the two phases")
+
+
+# -- functional localization ---------------------------------------------------------------------
+def _critical_rows(rates: np.ndarray) -> np.ndarray:
+    """Per row of `rates` [rows, layers]: the last layer position still reaching half the row's peak; NaN
+    where the peak is not above 0."""
+    rates = np.atleast_2d(rates)
+    peak = rates.max(axis=1)
+    above = rates >= 0.5 * peak[:, None]
+    last = rates.shape[1] - 1 - np.argmax(above[:, ::-1], axis=1)
+    return np.where(peak > 0, last.astype(float), np.nan)
+
+
+def _critical(rates: np.ndarray) -> float:
+    """Last layer position whose rate still reaches half the peak; NaN when the peak is 0."""
+    return float(_critical_rows(np.asarray(rates, dtype=float)[None])[0]) if np.size(rates) else math.nan
+
+
+def _boot_critical(flags: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Critical layer position of `flags` [items, layers] under item resampling."""
+    idx = rng.integers(0, flags.shape[0], (n_boot, flags.shape[0]))
+    return _critical_rows(flags[idx].mean(axis=1))
+
+
+def _vision_flags(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[int], np.ndarray]]:
+    """task → (decoder layers, [items, layers] flip-to-source flags) from the swap probe's item records."""
+    from frankenlab.probe.answers import normalize, same_answer
+
+    by_task: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        if r.get("status") == "ok":
+            by_task.setdefault(str(r["task"]), []).append(r)
+    out = {}
+    for task, recs in by_task.items():
+        layers = sorted(int(k) for k in recs[0]["answers"] if k.lstrip("-").isdigit())
+        memo: dict[tuple[str, str], bool] = {}
+
+        def flips(answer: str, source: str, memo: dict[tuple[str, str], bool] = memo) -> bool:
+            if (answer, source) not in memo:
+                memo[(answer, source)] = same_answer(normalize(answer), normalize(source))
+            return memo[(answer, source)]
+
+        flags = np.array([[flips(str(r["answers"][str(L)]), str(r["source_answer"])) for L in layers]
+                          for r in recs], dtype=float)
+        out[task] = (layers, flags)
+    return out
+
+
+def _ablation_drops(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[int], np.ndarray, np.ndarray]]:
+    """task → (layers, [items] baseline correctness, [items, layers] correctness with the layer skipped)."""
+    by_task: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        if r.get("status") == "ok" and r.get("correct"):
+            by_task.setdefault(str(r["task"]), []).append(r)
+    out = {}
+    for task, recs in by_task.items():
+        layers = sorted(int(k) for k in recs[0]["correct"] if int(k) >= 0)
+        base = np.array([bool(r["correct"]["-1"]) for r in recs], dtype=float)
+        skipped = np.array([[bool(r["correct"][str(L)]) for L in layers] for r in recs], dtype=float)
+        out[task] = (layers, base, skipped)
+    return out
+
+
+def _relative_drop(base: np.ndarray, skipped: np.ndarray) -> np.ndarray:
+    """Share of baseline accuracy lost per layer; `base` [..., items], `skipped` [..., items, layers]."""
+    b = base.mean(axis=-1)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, (b - skipped.mean(axis=-2)) / b, np.nan)
+
+
+def _reasoning_critical(reason: tuple[list[int], np.ndarray, np.ndarray],
+                        control: tuple[list[int], np.ndarray, np.ndarray] | None,
+                        rng: np.random.Generator) -> tuple[float, np.ndarray, list[int], str]:
+    """(critical layer, its bootstrap, excluded layers, how) for the reasoning task's ablation profile.
+
+    With a control (perception) task the profile is the reasoning-specific drop: relative accuracy lost on
+    reasoning minus on the control, so a layer whose skip breaks everything (the first layer of most LLMs)
+    scores ≈ 0. Layers that break both tasks are excluded outright and named; without a control, layers that
+    break reasoning completely are excluded.
+    """
+    layers, rb, rs = reason
+
+    def profile(b: np.ndarray, s: np.ndarray, cb: np.ndarray | None, cs: np.ndarray | None) -> np.ndarray:
+        drop = _relative_drop(b, s)
+        broken = drop >= BREAKS
+        if cb is not None and cs is not None:
+            cdrop = _relative_drop(cb, cs)
+            broken &= cdrop >= BREAKS
+            drop = drop - cdrop
+        return np.where(broken | ~np.isfinite(drop), 0.0, np.maximum(drop, 0.0))
+
+    cb = cs = None
+    if control is not None:
+        _, cb, cs = control
+    base_drop = _relative_drop(rb, rs)
+    if cb is not None and cs is not None:
+        cdrop = _relative_drop(cb, cs)
+        excluded = [L for L, d, e in zip(layers, base_drop, cdrop) if d >= BREAKS and e >= BREAKS]
+        how = "reasoning-specific drop (reasoning minus control relative accuracy loss)"
+    else:
+        excluded = [L for L, d in zip(layers, base_drop) if d >= BREAKS]
+        how = "relative accuracy loss on reasoning (no control task: layers that break reasoning excluded)"
+    crit = _critical(profile(rb, rs, cb, cs))
+    B = N_BOOT // 2
+    idx = rng.integers(0, rb.size, (B, rb.size))
+    if cb is not None and cs is not None:
+        jdx = rng.integers(0, cb.size, (B, cb.size))
+        boots = _critical_rows(profile(rb[idx], rs[idx], cb[jdx], cs[jdx]))
+    else:
+        boots = _critical_rows(profile(rb[idx], rs[idx], None, None))
+    pos = np.asarray(layers, dtype=float)
+    to_layer = np.array([pos[int(k)] if math.isfinite(k) else math.nan for k in boots])
+    return (float(pos[int(crit)]) if math.isfinite(crit) else math.nan, to_layer, excluded, how)
+
+
+def _interval(boots: np.ndarray) -> tuple[float, float, float]:
+    """(low, high, share of resamples with a defined value)."""
+    ok = boots[np.isfinite(boots)]
+    if ok.size == 0:
+        return math.nan, math.nan, 0.0
+    low, high = np.percentile(ok, [2.5, 97.5])
+    return float(low), float(high), ok.size / boots.size
+
+
+CLAIMED_PART = {"recognition": "early", "ocr": "mid", "counting": "mid", "grounding": "mid", "reasoning": "late"}
+
+
+def claim_localization_order(vision_items: Sequence[Mapping[str, Any]] | None,
+                             ablation_items: Sequence[Mapping[str, Any]] | None, cuts: Cuts,
+                             control_tasks: Sequence[str] = ()) -> Claim:
+    c = Claim("localization_order", "Recognition localizes early, OCR/counting/grounding mid, reasoning late.",
+              INCONCLUSIVE, "Per task, the critical layer is the last decoder layer whose suffix K/V swap still "
+              "reaches half the peak flip-to-source rate (RL model; for reasoning: the last layer whose skip still "
+              "costs half the peak reasoning-specific accuracy loss). Its 95 % interval comes from resampling items "
+              "(bootstrap); a task is placed in a part only when the whole interval lies in it. Supported when "
+              "every task is placed in its claimed part, contradicted when one is placed elsewhere. Headline: "
+              "reasoning − recognition critical layer, bootstrap interval.")
+    part_of = _part_names(cuts)
+    rng = np.random.default_rng(SEED)
+    crit: dict[str, dict[str, Any]] = {}
+    boots: dict[str, np.ndarray] = {}
+    for task, (layers, flags) in _vision_flags(vision_items or []).items():
+        if task not in CLAIMED_PART:
+            continue
+        point = _critical(flags.mean(0))
+        b = _boot_critical(flags, N_BOOT // 2, rng)
+        pos = np.asarray(layers, dtype=float)
+        b = np.array([pos[int(k)] if math.isfinite(k) else math.nan for k in b])
+        boots[task] = b
+        crit[task] = {"layer": pos[int(point)] if math.isfinite(point) else math.nan, "n": int(flags.shape[0]),
+                      "peak_flip_rate": float(flags.mean(0).max())}
+    drops = _ablation_drops(ablation_items or [])
+    controls = {t: v for t, v in drops.items() if t in set(control_tasks)}
+    control = next(iter(controls.values()), None)
+    excluded: list[int] = []
+    for task, value in drops.items():
+        if task in controls:
+            continue
+        point, b, excluded, how = _reasoning_critical(value, control, rng)
+        boots["reasoning"] = b
+        crit["reasoning"] = {"layer": point, "n": int(value[1].size), "task": task, "profile": how}
+        c.evidence["reasoning_profile"] = how
+        c.evidence["excluded_layers"] = ", ".join(map(str, excluded)) or "none"
+        if controls:
+            c.evidence["control_task"] = next(iter(controls))
+        break  # one reasoning task decides; others are in the probe tables
+    rows, placed = [], {}
+    for task, info in crit.items():
+        low, high, defined = _interval(boots[task])
+        part = None
+        if math.isfinite(low) and defined >= 0.95 and part_of(int(low)) == part_of(int(high)):
+            part = part_of(int(low))
+        placed[task] = part
+        rows.append([task, CLAIMED_PART[task], _r(info["layer"]), _r(low), _r(high), _r(defined, 3), part or "–",
+                     info["n"]])
+    c.evidence["table"] = {"columns": ["task", "claimed part", "critical layer", "ci_low", "ci_high",
+                                       "defined share", "placed in", "n"], "rows": rows}
+    if "recognition" not in crit or "reasoning" not in crit or not ({"ocr", "counting", "grounding"} & set(crit)):
+        return _no(c, "missing probe results: recognition, one of OCR/counting/grounding and a reasoning ablation "
+                      "are all needed.")
+    rb, reb = boots["reasoning"], boots["recognition"]
+    ok = np.isfinite(rb) & np.isfinite(reb)
+    if ok.sum() >= 0.95 * ok.size and math.isfinite(crit["reasoning"]["layer"]) and \
+            math.isfinite(crit["recognition"]["layer"]):
+        d = rb[ok] - reb[ok]
+        c.effect = _r(crit["reasoning"]["layer"] - crit["recognition"]["layer"])
+        c.ci_low, c.ci_high = (_r(v) for v in np.percentile(d, [2.5, 97.5]))
+        c.p = _r(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()) + 1 / d.size))
+    c.n = int(sum(v["n"] for v in crit.values()))
+    c.test = "bootstrap over items of each task's critical layer (percentile interval)"
+    wrong = [t for t, p in placed.items() if p is not None and p != CLAIMED_PART[t]]
+    undecided = [t for t, p in placed.items() if p is None]
+    if wrong:
+        c.verdict = CONTRADICTED
+        c.reason = "; ".join(f"{t}'s critical layer interval lies in the {placed[t]} part, not {CLAIMED_PART[t]}"
+                             for t in wrong) + "."
+    elif not undecided:
+        c.verdict = SUPPORTED
+        c.reason = "every task's critical-layer interval lies inside its claimed part."
+    else:
+        c.reason = (f"the critical-layer interval of {', '.join(undecided)} spans more than one part (or the swap "
+                    "never flips the answer), so those tasks cannot be placed; no placed task contradicts the claim.")
+    return c
+
+
+# -- transfer (merged variants) ----------------------------------------------------------------
+MEASURES = ("M_rea", "M_v2r", "accuracy:image")
+
+
+def _events(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[tuple[str, str], float]]]:
+    """model → measure → {(task, item): 0/1} from eval's item records (failed answers count as wrong)."""
+    cell: dict[tuple[str, str, str], dict[str, bool]] = {}
+    for r in records:
+        ok = bool(r.get("correct")) and not r.get("error")
+        cell.setdefault((str(r["model"]), str(r["task"]), str(r["item_id"])), {})[str(r["setting"])] = ok
+    out: dict[str, dict[str, dict[tuple[str, str], float]]] = {}
+    for (model, task, item), s in cell.items():
+        m = out.setdefault(model, {k: {} for k in MEASURES})
+        if "text" in s:
+            m["M_rea"][(task, item)] = float(s["text"])
+        if "image" in s:
+            m["accuracy:image"][(task, item)] = float(s["image"])
+            if "described" in s:
+                m["M_v2r"][(task, item)] = float(s["image"] and s["described"])
+    return out
+
+
+def _shares(cuts: Cuts, n_layers: int | None) -> dict[str, float]:
+    part = _partition(cuts)
+    n = n_layers or (part.n_llm_layers if isinstance(cuts, Partition) else 3 * max(1, part.cuts[0]))
+    sizes = {"early": part.cuts[0], "mid": part.cuts[1] - part.cuts[0], "late": n - part.cuts[1]}
+    return {p: s / n for p, s in sizes.items()}
+
+
+def _variant_share(label: str, shares: Mapping[str, float]) -> float | None:
+    """Share of LLM layers taken from RL in a plain early:mid:late recipe label; None for anything else."""
+    parts = label.split(":")
+    if len(parts) != 3 or any(p not in ("IN", "RL") for p in parts):
+        return None
+    return sum(shares[name] for name, src in zip(PARTS, parts) if src == "RL")
+
+
+def claim_transfer_mid_late(eval_items: Sequence[Mapping[str, Any]] | None, cuts: Cuts,
+                            n_layers: int | None = None) -> Claim:
     c = Claim("transfer_mid_late", "RL's gains transfer through mid-to-late blocks (IN:RL:RL keeps them, RL:IN:IN "
-              "does not).", INCONCLUSIVE, "for M_rea, M_v2r and accuracy with the image: RL's paired gain over IN "
-              "must have a 95 % interval above 0; supported if IN:RL:RL recovers ≥ half of it and RL:IN:IN less "
-              "than half, contradicted if the reverse")
-    if comparisons is None or comparisons.empty:
-        c.evidence["reason"] = "merge/eval stage has no paired comparisons (it needs IN, RL and the variants)"
-        return c
-    votes = []
-    for m in ("M_rea", "M_v2r", "accuracy:image"):
-        rl, late, early = (_paired(comparisons, b, m) for b in ("RL", "IN:RL:RL", "RL:IN:IN"))
-        if rl is None or late is None or early is None:
+              "does not).", INCONCLUSIVE, "On the measures where RL's paired gain over IN is significant: H0 (per "
+              "measure, Holm over all): transplanted RL blocks recover gain in proportion to the share of layers "
+              "they cover. Sub-tests, per item and paired: (A, required > 0) IN:RL:RL's gain per transplanted layer "
+              "share − the other two-thirds transplants' (RL:IN:RL, RL:RL:IN); (B, must not be < 0) the mid and "
+              "late thirds' (IN:RL:IN, IN:IN:RL) − the early third's (RL:IN:IN). A uniform, additive gain gives 0 "
+              "for both.")
+    if not eval_items:
+        return _no(c, "the merge/eval stage has no item results (it needs IN, RL and the variants).")
+    ev = _events(eval_items)
+    if "IN" not in ev or "RL" not in ev:
+        return _no(c, "the evaluation lacks IN or RL.")
+    shares = _shares(cuts, n_layers)
+    two_thirds = ["RL:IN:RL", "RL:RL:IN"]
+    thirds = ["IN:RL:IN", "IN:IN:RL"]
+    rows: list[list[Any]] = []
+    tests: list[SubTest] = []
+    informative: list[str] = []
+    for measure in MEASURES:
+        base, rl = ev["IN"][measure], ev["RL"][measure]
+        items = sorted(set(base) & set(rl))
+        if not items:
             continue
-        g = rl["gain"]
-        sig = rl["gain_low"] > 0
-        rec_late = late["gain"] / g if g else float("nan")
-        rec_early = early["gain"] / g if g else float("nan")
-        c.evidence[m] = {"IN": _r(rl["in"], 3), "RL": _r(rl["value"], 3), "IN:RL:RL": _r(late["value"], 3),
-                         "RL:IN:IN": _r(early["value"], 3), "rl_gain": _r(g, 3),
-                         "rl_gain_ci": [_r(rl["gain_low"], 3), _r(rl["gain_high"], 3)],
-                         "gain_significant": bool(sig), "recovered_by_IN:RL:RL": _r(rec_late, 3),
-                         "recovered_by_RL:IN:IN": _r(rec_early, 3)}
-        if not sig:
+        g = _paired(f"{measure}: RL − IN", [rl[i] - base[i] for i in items])
+        g.p_holm = g.p
+        rows.append([measure, "RL", 1.0, _r(np.mean([rl[i] for i in items]), 4), _r(g.effect, 4), _r(g.ci_low, 4),
+                     _r(g.ci_high, 4), 1.0, len(items)])
+        for label, events in ev.items():
+            share = _variant_share(label, shares)
+            if label in ("IN", "RL") or share is None or not events[measure]:
+                continue
+            common = [i for i in items if i in events[measure]]
+            gain = float(np.mean([events[measure][i] - base[i] for i in common])) if common else math.nan
+            rows.append([measure, label, _r(share, 3), _r(np.mean([events[measure][i] for i in common]), 4),
+                         _r(gain, 4), None, None, _r(gain / g.effect if g.effect else math.nan, 3), len(common)])
+        if g.direction != 1:
             continue
-        if rec_late >= 0.5 and rec_early < 0.5:
-            votes.append(SUPPORTED)
-        elif rec_late < 0.5 and rec_early >= 0.5:
-            votes.append(CONTRADICTED)
-        else:
-            votes.append(INCONCLUSIVE)
-    if not votes:
-        c.evidence.setdefault("reason", "RL shows no significant paired gain over IN on M_rea, M_v2r or image "
-                              "accuracy, so there is nothing to transfer")
-    elif all(v == SUPPORTED for v in votes):
-        c.verdict = SUPPORTED
-    elif all(v == CONTRADICTED for v in votes):
-        c.verdict = CONTRADICTED
-    return c
+        informative.append(measure)
+
+        def per_share(label: str, item: tuple[str, str], measure: str = measure,
+                      base: Mapping[tuple[str, str], float] = base) -> float:
+            share = _variant_share(label, shares)
+            assert share
+            return (ev[label][measure][item] - base[item]) / share
+
+        if "IN:RL:RL" in ev and any(v in ev for v in two_thirds):
+            others = [v for v in two_thirds if v in ev]
+            common = [i for i in items if all(i in ev[v][measure] for v in ["IN:RL:RL", *others])]
+            if common:
+                tests.append(_paired(f"{measure} (A): IN:RL:RL − {'/'.join(others)}, gain per layer share",
+                                     [per_share("IN:RL:RL", i) - np.mean([per_share(v, i) for v in others])
+                                      for i in common]))
+        if "RL:IN:IN" in ev and any(v in ev for v in thirds):
+            others = [v for v in thirds if v in ev]
+            common = [i for i in items if all(i in ev[v][measure] for v in ["RL:IN:IN", *others])]
+            if common:  # only against: a gain that needs mid and late together gives 0 here
+                b = _paired(f"{measure} (B): {'/'.join(others)} − RL:IN:IN, gain per layer share",
+                            [np.mean([per_share(v, i) for v in others]) - per_share("RL:IN:IN", i) for i in common])
+                b.required = False
+                tests.append(b)
+    c.evidence["table"] = {"columns": ["measure", "model", "RL layer share", "value", "gain over IN", "ci_low",
+                                       "ci_high", "recovered share of RL's gain", "n"], "rows": rows}
+    c.evidence["informative_measures"] = ", ".join(informative) or "none"
+    if not informative:
+        return _no(c, "RL shows no significant paired gain over IN on M_rea, M_v2r or image accuracy, so there is "
+                      "nothing to transfer.")
+    if not tests:
+        return _no(c, "equal-sized transplants are missing: evaluate IN:RL:RL with RL:IN:RL or RL:RL:IN, and "
+                      "RL:IN:IN with IN:RL:IN or IN:IN:RL (the default variants).")
+    return _decide(c, tests, "the transplant contrasts")
 
 
-def claim_freeze_late_hurts_most(necessity: pd.DataFrame | None) -> Claim:
+# -- necessity (freezing) ----------------------------------------------------------------------
+def _frozen_name(model: str) -> str | None:
+    name = model.lower()
+    return name.split("frozen-")[-1] if "frozen-" in name else None
+
+
+def claim_freeze_late_hurts_most(necessity: pd.DataFrame | None,
+                                 items: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> Claim:
     c = Claim("freeze_late_hurts_most", "Freezing late layers during RL hurts the gain most.", INCONCLUSIVE,
-              "overall gain over IN of each frozen variant; supported if late's is the lowest and its interval lies "
-              "below the best frozen variant's, contradicted if another is lowest with separated intervals")
+              "Needs a significant gain of unfrozen RL over IN. H0 (two sub-tests, Holm): frozen-late RL is as "
+              "accurate as frozen-early and as frozen-mid RL; paired per item when item results exist, else from "
+              "the table's intervals (unpaired, interval separation).")
     if necessity is None or necessity.empty:
-        c.evidence["reason"] = "no freezing results (run `frankenlab miniworld build` or configure freeze.table)"
-        return c
+        return _no(c, "no freezing results (run `frankenlab miniworld build` or configure freeze.table / "
+                      "freeze.train).")
     df = necessity
-    if "family" in df.columns:
-        df = df[df["family"] == "all"] if (df["family"] == "all").any() else df
-    rows = {}
-    for _, r in df.iterrows():
-        name = str(r["model"]).lower()
-        if "frozen" in name:
-            rows[name.split("frozen-")[-1]] = (float(r["gain"]), float(r["gain_low"]), float(r["gain_high"]))
-    c.evidence["gains"] = {k: [_r(x, 3) for x in v] for k, v in rows.items()}
-    if not {"early", "mid", "late"} <= set(rows):
-        c.evidence["reason"] = "need frozen early, mid and late variants"
-        return c
-    lowest = min(rows, key=lambda k: rows[k][0])
-    best = max(rows, key=lambda k: rows[k][0])
-    separated = rows[lowest][2] < rows[best][1]
-    c.evidence.update(lowest=lowest, separated=bool(separated))
-    if lowest == "late" and separated:
-        c.verdict = SUPPORTED
-    elif lowest != "late" and separated and rows["late"][1] > rows[lowest][2]:
-        c.verdict = CONTRADICTED
-    return c
+    if "family" in df.columns and (df["family"] == "all").any():
+        df = df[df["family"] == "all"]
+    rows = {str(r["model"]): r for _, r in df.iterrows()}
+    frozen = {_frozen_name(m): m for m in rows if _frozen_name(m)}
+    c.evidence["table"] = {"columns": ["model", "accuracy", "gain over IN", "ci_low", "ci_high"],
+                           "rows": [[m, _r(r["acc"], 4), _r(r["gain"], 4), _r(r["gain_low"], 4),
+                                     _r(r["gain_high"], 4)] for m, r in rows.items()]}
+    if not {"early", "mid", "late"} <= set(frozen):
+        return _no(c, "need frozen early, mid and late RL variants.")
+    unfrozen = next((r for m, r in rows.items() if m.lower() == "rl"), None)
+    if unfrozen is not None and not float(unfrozen["gain_low"]) > 0:
+        return _no(c, f"unfrozen RL's gain over IN is not significant ({_fmt(float(unfrozen['gain']))} "
+                      f"[{_fmt(float(unfrozen['gain_low']))}, {_fmt(float(unfrozen['gain_high']))}]), so there is no "
+                      "gain for freezing to hurt.")
+    per_model = {str(k).lower(): v for k, v in (items or {}).items()}
+    tests: list[SubTest] = []
+    for other in ("early", "mid"):
+        a, b = per_model.get(frozen["late"].lower()), per_model.get(frozen[other].lower())
+        if a and b:
+            ia = {str(r["id"]): float(bool(r.get("strict", r.get("correct")))) for r in a}
+            ib = {str(r["id"]): float(bool(r.get("strict", r.get("correct")))) for r in b}
+            common = sorted(set(ia) & set(ib))
+            tests.append(_paired(f"frozen-late − frozen-{other} accuracy", [ia[i] - ib[i] for i in common],
+                                 expect=-1))
+        else:
+            la, lb = rows[frozen["late"]], rows[frozen[other]]
+            sep_low = float(la["gain_high"]) < float(lb["gain_low"])
+            sep_high = float(la["gain_low"]) > float(lb["gain_high"])
+            d = float(la["gain"]) - float(lb["gain"])
+            t = SubTest(f"frozen-late − frozen-{other} gain", d, d, d, int(la.get("n", 0) or 0),
+                        0.0 if (sep_low or sep_high) else 1.0,
+                        "separation of the two 95 % gain intervals (unpaired, conservative)", expect=-1)
+            t.ci_low, t.ci_high = (float(la["gain_low"]) - float(lb["gain_high"]),
+                                   float(la["gain_high"]) - float(lb["gain_low"]))
+            if not (sep_low or sep_high):
+                t.ci_low, t.ci_high = min(t.ci_low, 0.0), max(t.ci_high, 0.0)
+            tests.append(t)
+    return _decide(c, tests, "the frozen-variant contrasts")
 
 
-def claim_attention_mid_late(diff: pd.DataFrame | None, cuts: tuple[int, int]) -> Claim:
+# -- attention to vision ------------------------------------------------------------------------
+def claim_attention_mid_late(attention_items: Sequence[Mapping[str, Any]] | None, cuts: Cuts,
+                             tokens: str = "response") -> Claim:
+    mode = "own" if tokens == "response" else "shared"
+    what = "their own response (reasoning) tokens" if mode == "own" else "the shared answer tokens"
     c = Claim("rl_attention_vision_mid_late", "RL raises the attention that answer tokens pay to visual tokens in "
-              "mid-to-late layers.", INCONCLUSIVE, "teacher-forced on a shared response: per-layer RL − IN share "
-              "of attention on image tokens with a paired bootstrap interval; supported if the mean over mid+late "
-              "layers is > 0 and most mid+late layers have intervals entirely above 0; contradicted if the reverse")
-    if diff is None or diff.empty:
-        c.evidence["reason"] = "attention probe has no results"
-        return c
-    d = diff[diff["mode"] == "shared"] if "mode" in diff.columns else diff
-    d = d[d["unified_layer"] > 0].copy()
-    d["part"] = [_part_of(int(u) - 1, cuts) for u in d["unified_layer"]]
-    ml = d[d["part"].isin(["mid", "late"])]
-    if ml.empty:
-        c.evidence["reason"] = "no mid/late layers in the attention table"
-        return c
-    up = int((ml["diff_low"] > 0).sum())
-    down = int((ml["diff_high"] < 0).sum())
-    mean = float(ml["diff"].mean())
-    c.evidence = {"mean_diff_mid_late": _r(mean, 5), "layers_up": up, "layers_down": down, "n_layers": len(ml),
-                  "mean_diff_early": _r(float(d[d["part"] == "early"]["diff"].mean()), 5)}
-    if mean > 0 and up > len(ml) / 2:
-        c.verdict = SUPPORTED
-    elif mean < 0 and down > len(ml) / 2:
-        c.verdict = CONTRADICTED
-    return c
+              "mid-to-late layers.", INCONCLUSIVE, f"Share of attention from {what} on image tokens, per item and "
+              "layer (mean over heads), RL − IN. H0 (two sub-tests, Holm, paired over items): (1) the mean shift "
+              "over mid+late layers is 0; (2) it equals the mean shift over early layers. A rise that is the same "
+              "at every depth fails (2).")
+    if not attention_items:
+        return _no(c, "the attention probe has no results.")
+    by = {(str(r["model"]), str(r["id"])): r for r in attention_items if r.get("status") == "ok" and mode in r}
+    ids = sorted({i for (m, i) in by if m == "IN" and ("RL", i) in by})
+    if not ids:
+        return _no(c, "no item was measured on both IN and RL.")
+    part_of = _part_names(cuts)
+    rl = np.stack([np.asarray(by[("RL", i)][mode]["image"], dtype=float).mean(-1) for i in ids])
+    inn = np.stack([np.asarray(by[("IN", i)][mode]["image"], dtype=float).mean(-1) for i in ids])
+    shift = rl - inn  # [items, layers]
+    parts = np.array([part_of(layer) for layer in range(shift.shape[1])])
+    ml, early = np.isin(parts, ["mid", "late"]), parts == "early"
+    if not ml.any() or not early.any():
+        return _no(c, "the model is too shallow for early and mid/late parts.")
+    a, e = shift[:, ml].mean(1), shift[:, early].mean(1)
+    c.evidence["mean_shift_mid_late"] = _r(a.mean(), 6)
+    c.evidence["mean_shift_early"] = _r(e.mean(), 6)
+    c.evidence["tokens"] = what
+    c.evidence["response_tokens_mean"] = _r(np.mean([by[("RL", i)][mode].get("tokens", 0) for i in ids]), 2)
+    tests = [_paired("mid+late shift (RL − IN)", a), _paired("mid+late shift − early shift", a - e)]
+    return _decide(c, tests, "the attention shifts")
 
 
-def decide_all(tables: dict[str, pd.DataFrame | None], cuts: tuple[int, int]) -> list[Claim]:
+def decide_all(tables: Mapping[str, pd.DataFrame | None], cuts: Cuts,
+               items: Mapping[str, Any] | None = None, *, n_layers: int | None = None,
+               control_tasks: Sequence[str] = (), attention_tokens: str = "response") -> list[Claim]:
+    items = items or {}
     return [
         claim_rl_update_mid_late(tables.get("compare_layers"), cuts),
         claim_energy_in_late_rl_mid(tables.get("compare_layers"), cuts),
-        claim_localization_order(tables.get("vision_rl"), tables.get("ablation_rl"), cuts),
-        claim_transfer_mid_late(tables.get("eval_metrics"), tables.get("eval_comparisons")),
-        claim_freeze_late_hurts_most(tables.get("necessity")),
-        claim_attention_mid_late(tables.get("attention_diff"), cuts),
+        claim_localization_order(items.get("vision_rl"), items.get("ablation_rl"), cuts, control_tasks),
+        claim_transfer_mid_late(items.get("eval"), cuts, n_layers),
+        claim_freeze_late_hurts_most(tables.get("necessity"), items.get("freeze")),
+        claim_attention_mid_late(items.get("attention"), cuts, attention_tokens),
     ]

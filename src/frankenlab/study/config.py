@@ -58,7 +58,14 @@ class ProbeSettings(_Frozen):
     n_per_task: int = Field(12, ge=1, description="Pairs per probe task (counting, ocr, grounding, recognition).")
     ablate_tasks: str | None = Field(None, description="Text-only task file for layer ablation; default built-in.")
     ablate_limit: int = Field(40, ge=1)
+    ablate_control: str | None = Field(
+        None, description="Perception task file ablated alongside, so the reasoning layer is the one whose skip "
+        "hurts reasoning more than perception; default: built-in mini-world counting items for a VLM, none for "
+        "a text model (then layers that break reasoning entirely are excluded).")
     attention: bool = True
+    attention_tokens: Literal["response", "answer"] = Field(
+        "response", description="Tokens whose attention the attention claim tests: each model's own response "
+        "(its reasoning), or only the shared gold answer.")
     seed: int = 0
     max_new_tokens: int = 8
 

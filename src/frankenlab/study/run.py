@@ -15,7 +15,7 @@ from frankenlab.regions import Partition
 from frankenlab.study.claims import decide_all
 from frankenlab.study.config import StudyConfig
 from frankenlab.study.pipeline import StageOutcome, StudyResult, run_stage
-from frankenlab.study.stages import STAGE_SPECS
+from frankenlab.study.stages import STAGE_SPECS, control_task_names
 
 EventFn = Callable[[str, StageOutcome | None], None]
 
@@ -38,9 +38,10 @@ def _inputs(cfg: StudyConfig) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
-def _cuts(cfg: StudyConfig, n_llm_layers: int) -> tuple[int, int]:
-    cuts = Partition.make(n_llm_layers, cfg.cuts).cuts
-    return (cuts[0], cuts[-1]) if len(cuts) >= 2 else Partition.make(n_llm_layers).cuts  # type: ignore[return-value]
+def _partition(cfg: StudyConfig, n_llm_layers: int) -> Partition:
+    """The study's early/mid/late split; cuts that do not make three parts fall back to thirds."""
+    part = Partition.make(n_llm_layers, cfg.cuts)
+    return part if len(part.cuts) == 2 else Partition.make(n_llm_layers)
 
 
 def write_report(cfg: StudyConfig, result: StudyResult, inputs: dict[str, dict[str, dict[str, Any]]]) -> Path:
@@ -52,8 +53,10 @@ def write_report(cfg: StudyConfig, result: StudyResult, inputs: dict[str, dict[s
     for r in cfg.recipes:
         dirs = {s: cfg.stage_dir(s, r.name) for s in STAGE_SPECS}
         data = collect_recipe(r.name, dirs, inputs[r.name])
-        cuts = _cuts(cfg, next(iter(inputs[r.name].values()))["n_llm_layers"])
-        decided = [c.to_dict() for c in decide_all(data.tables, cuts)]
+        n_layers = next(iter(inputs[r.name].values()))["n_llm_layers"]
+        decided = [c.to_dict() for c in decide_all(data.tables, _partition(cfg, n_layers), data.items,
+                                                   n_layers=n_layers, control_tasks=control_task_names(cfg),
+                                                   attention_tokens=cfg.probe.attention_tokens)]
         recipes.append(data)
         claims[r.name] = decided
         findings[r.name] = decided

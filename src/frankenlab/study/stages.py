@@ -87,10 +87,37 @@ def _vision_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str
         run_vision_probe(path, pairs_path(cfg), out / role, settings, limit=cfg.probe.n_per_task, device=_device(cfg))
 
 
+CONTROL_NAME = "perception_control"
+
+
+def ablate_control(cfg: StudyConfig, recipe: RecipeInputs) -> str | None:
+    """The perception task ablated beside reasoning (a file path), or None for a text-only model."""
+    if cfg.probe.ablate_control:
+        return cfg.probe.ablate_control
+    if _vision_only(cfg, recipe) is not None:
+        return None
+    from frankenlab.miniworld.tasks import export_tasks, make_split
+
+    n = cfg.probe.ablate_limit
+    folder = data_dir(cfg) / f"control-n{n}-s{cfg.probe.seed}"
+    path = folder / f"{CONTROL_NAME}.jsonl"
+    if not path.exists():
+        export_tasks(make_split(n, cfg.probe.seed, families=["count"], split="test"), folder, CONTROL_NAME)
+    return str(path)
+
+
+def control_task_names(cfg: StudyConfig) -> list[str]:
+    """Task names the claims treat as the ablation's perception control (the task file's stem)."""
+    return [Path(cfg.probe.ablate_control).stem if cfg.probe.ablate_control else CONTROL_NAME]
+
+
 def _ablate_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
     from frankenlab.probe import AblationSettings, run_ablation
 
     tasks = [cfg.probe.ablate_tasks] if cfg.probe.ablate_tasks else ["miniworld:text_arith"]
+    control = ablate_control(cfg, recipe)
+    if control is not None:
+        tasks.append(control)
     settings = AblationSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed)
     for role, path in _role_paths(recipe).items():
         run_ablation(path, tasks, out / role, settings, limit=cfg.probe.ablate_limit, device=_device(cfg))
@@ -179,7 +206,7 @@ def _train_frozen(cfg: StudyConfig, recipe: RecipeInputs, out: Path) -> None:
     """RL from IN unfrozen and with each region frozen, then paired gains over IN on held-out items."""
     from frankenlab.miniworld.build import NECESSITY_COLUMNS as BUILD_COLUMNS
     from frankenlab.miniworld.build import necessity_rows
-    from frankenlab.miniworld.evaluate import evaluate, items_from_rows
+    from frankenlab.miniworld.evaluate import evaluate, items_from_rows, write_responses
     from frankenlab.miniworld.tasks import load_tasks as load_rows
     from frankenlab.rl.grpo import GRPOSettings, run_rl
     from frankenlab.runtime.load import load
@@ -202,6 +229,7 @@ def _train_frozen(cfg: StudyConfig, recipe: RecipeInputs, out: Path) -> None:
             run_rl(recipe.in_, t.tasks, path, settings, freeze=frozen or None, cuts=cfg.cuts, overwrite=True)
         model, processor = load(path)
         results[name] = evaluate(model, processor, items, max_new_tokens=cfg.eval.max_new_tokens)
+        write_responses(out / "items" / f"{name}.jsonl", name.upper(), results[name])
     df = pd.DataFrame(necessity_rows(results, "strict", t.seed))
     write_table(df, out / "necessity", columns=list(BUILD_COLUMNS))
 
@@ -219,6 +247,9 @@ def _freeze_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str
     if missing:
         raise FrankenlabError(f"{src}: necessity table lacks columns {missing}; expected {NECESSITY_COLUMNS}.")
     write_table(df, out / "necessity", columns=NECESSITY_COLUMNS)
+    for responses in sorted((src.parent / "eval").glob("*.jsonl")):  # per-item results: paired claim tests
+        (out / "items").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(responses, out / "items" / responses.name)
     for png in src.parent.glob("necessity*.png"):
         shutil.copy2(png, out / png.name)
     write_json(out / "source.json", {"table": str(src.resolve()), "rows": len(df)})

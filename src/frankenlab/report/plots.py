@@ -1,0 +1,69 @@
+"""Figures the report draws itself from the tables (Agg canvas, no pyplot state), returned as PNG bytes.
+
+They are rendered in memory so a stage that only copied a table (freeze.table, a finished eval) still
+gets its plot, and the HTML can inline them.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["gain_panels", "png_bytes"]
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG, through its own Agg canvas."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def gain_panels(df: pd.DataFrame, panel: str, label: str, title: str, xlabel: str) -> bytes | None:
+    """One panel per `panel` value; per row of `label`, the gain as a dot with its interval, 0 marked.
+
+    `df` holds the columns `panel`, `label`, `gain`, `gain_low`, `gain_high`; rows without a gain are
+    left out, and None is returned when nothing is left to draw.
+    """
+    data = df[pd.to_numeric(df["gain"], errors="coerce").notna()]
+    if data.empty:
+        return None
+    panels = list(dict.fromkeys(data[panel]))
+    labels = list(dict.fromkeys(data[label]))
+    fig = Figure(figsize=(min(3.3 * len(panels) + 1.6, 12.0), 0.42 * len(labels) + 1.5), layout="constrained")
+    first = None
+    for j, name in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), j + 1, sharey=first)
+        first = first or ax
+        sub = data[data[panel] == name].set_index(label)
+        y = np.arange(len(labels))
+        vals = np.array([_num(sub["gain"].get(m)) for m in labels])
+        lo = np.array([_num(sub["gain_low"].get(m)) for m in labels])
+        hi = np.array([_num(sub["gain_high"].get(m)) for m in labels])
+        err = np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)])
+        colors = ["tab:green" if a > 0 else "tab:red" if b < 0 else "tab:gray" for a, b in zip(lo, hi)]
+        ax.axvline(0.0, color="black", lw=0.8)
+        for k in range(len(labels)):
+            if np.isfinite(vals[k]):
+                ax.errorbar(vals[k], y[k], xerr=np.nan_to_num(err[:, k:k + 1]), fmt="o", ms=5, capsize=3,
+                            color=colors[k])
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.set_title(str(name), fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        if j:
+            ax.tick_params(labelleft=False)
+    fig.suptitle(title, fontsize=10)
+    return png_bytes(fig)
+
+
+def _num(x: object) -> float:
+    v = pd.to_numeric(x, errors="coerce")
+    return float(v) if v is not None and not pd.isna(v) else float("nan")
