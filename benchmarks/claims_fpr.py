@@ -1,6 +1,6 @@
 """False-positive rates of the study's claim tests on null pairs, and their power on planted ones.
 
-    python benchmarks/claims_fpr.py [--seeds 200] [--layers 28] [--pairs 3]
+    python benchmarks/claims_fpr.py [--seeds 200] [--layers 28] [--pairs 3] [--claims id,id]
 
 For each claim, stage outputs are drawn (frankenlab.testing.claims) under patterns whose truth is known —
 `null` (nothing changed), `uniform` (a change spread evenly over depth: must not be "localized") and
@@ -122,13 +122,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=200)
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--pairs", type=int, default=0, help="real noise pairs for the energy rule (slow-ish)")
+    ap.add_argument("--claims", default="", help="comma-separated claim ids to run (default: all)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     print(f"{'claim':30s} {'pattern':45s} {'supported':>9s} {'contra.':>8s} {'inconcl.':>8s}")
+    only = {c for c in args.claims.split(",") if c}
     for claim, patterns in scenarios(args.layers).items():
+        if only and claim not in only:
+            continue
         for name, fn in patterns.items():
             r = _rates(fn, args.seeds)
             print(f"{claim:30s} {name:45s} {r[C.SUPPORTED]:9.3f} {r[C.CONTRADICTED]:8.3f} {r[C.INCONCLUSIVE]:8.3f}")

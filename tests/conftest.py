@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -34,4 +35,17 @@ def text_tensors():
         out[p + "mlp.down_proj.weight"] = torch.randn(8, 12, generator=g)
         out[p + "input_layernorm.weight"] = torch.ones(8)
         out[p + "post_attention_layernorm.weight"] = torch.ones(8)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fast_world(tmp_path_factory) -> Path:
+    """OUT of `frankenlab miniworld build OUT --fast --seed 0` (read it, never write into it)."""
+    pytest.importorskip("trl", reason="the mini-world build trains RL with TRL: pip install 'frankenlab[rl]'")
+    from frankenlab.cli.app import main
+
+    out = tmp_path_factory.mktemp("mw-shared") / "world"
+    with pytest.raises(SystemExit) as exc:
+        main(["miniworld", "build", str(out), "--fast", "--seed", "0"])
+    assert exc.value.code == 0
     return out

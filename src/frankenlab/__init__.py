@@ -22,6 +22,7 @@ from frankenlab.errors import (
 )
 from frankenlab.info import describe
 from frankenlab.layers import UnifiedLayer, layer_map
+from frankenlab.planted import plant_noise, plant_null
 from frankenlab.regions import Partition, Region, parse_cuts, parse_region, parse_regions, standard_regions
 
 __version__ = "0.1.0"
@@ -53,6 +54,8 @@ __all__ = [
     "parse_cuts",
     "parse_region",
     "parse_regions",
+    "plant_noise",
+    "plant_null",
     "standard_regions",
     "supported_model_types",
 ]

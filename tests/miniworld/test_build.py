@@ -28,12 +28,9 @@ MODELS = ("in", "rl", "rl-frozen-early", "rl-frozen-mid", "rl-frozen-late")
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mw") / "world"
-    with pytest.raises(SystemExit) as exc:
-        main(["miniworld", "build", str(out), "--fast", "--seed", "0"])
-    assert exc.value.code == 0
-    return out
+def built(fast_world):
+    """The session's shared fast build (tests/miniworld/conftest.py): read it, never write into it."""
+    return fast_world
 
 
 def test_layout(built):

@@ -38,11 +38,11 @@ def test_study_cli_errors_exit_2(args, match, capsys):
 
 
 @pytest.mark.slow
-def test_demo_reuses_an_existing_pair(tmp_path, capsys):
+def test_demo_reuses_an_existing_pair(tmp_path, capsys, fast_world):
     """`frankenlab demo` on an already-built (fast) mini-world pair: the whole study, then the report path."""
-    from frankenlab.miniworld.build import BuildConfig, build_miniworld
+    import shutil
 
-    build_miniworld(tmp_path / "miniworld", BuildConfig.preset(fast=True))
+    shutil.copytree(fast_world, tmp_path / "miniworld")
     assert _run("demo", "--out", str(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "reused" in out and str(tmp_path / "study" / "report.html") in out.replace("\n", "")

@@ -148,13 +148,11 @@ def test_rerun_skips_and_changed_settings_rerun_only_their_stage(study):
         "merge_eval": "done", "freeze": "skipped"}
 
 
-def test_freeze_stage_trains_frozen_variants(tmp_path):
+def test_freeze_stage_trains_frozen_variants(tmp_path, fast_world):
     """freeze.train runs GRPO from IN (unfrozen and per frozen third) and writes the necessity table."""
     from frankenlab.freeze import verify_frozen
-    from frankenlab.miniworld.build import BuildConfig, build_miniworld
 
-    pair = tmp_path / "mw"
-    build_miniworld(pair, BuildConfig.preset(fast=True))
+    pair = fast_world  # only read: the study writes under tmp_path/out
     cfg = parse_config({
         "out": str(tmp_path / "out"), "recipes": [{"in": str(pair / "in"), "rl": str(pair / "rl")}],
         "stages": ["freeze"],

@@ -102,6 +102,7 @@ from frankenlab.cli.eval import eval_cmd  # noqa: E402
 from frankenlab.cli.freeze import freeze_app  # noqa: E402
 from frankenlab.cli.merge import merge_cmd  # noqa: E402
 from frankenlab.cli.miniworld import miniworld_app  # noqa: E402
+from frankenlab.cli.plant import plant_app  # noqa: E402
 from frankenlab.cli.probe import probe_app  # noqa: E402
 from frankenlab.cli.rl import rl_cmd  # noqa: E402
 from frankenlab.cli.study import demo_cmd, study_cmd  # noqa: E402
@@ -111,6 +112,7 @@ app.command("eval")(eval_cmd)
 app.command("merge")(merge_cmd)
 app.add_typer(freeze_app, name="freeze")
 app.add_typer(miniworld_app, name="miniworld")
+app.add_typer(plant_app, name="plant")
 app.command("rl")(rl_cmd)
 app.add_typer(probe_app, name="probe")
 app.command("study")(study_cmd)

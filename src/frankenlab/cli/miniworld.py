@@ -30,6 +30,7 @@ def build_cmd(
     """Train IN (SFT) and RL (GRPO), plus RL with early / mid / late decoder blocks frozen, and evaluate all.
 
     Writes OUT/in, OUT/rl, OUT/rl-frozen-{early,mid,late} (Hugging Face directories with processor files),
+    OUT/planted/{null,noise,late-only,early-only} (planted-truth RL checkpoints, each with planted.json),
     OUT/tasks/ (held-out and RL task files), OUT/probe-pairs/, OUT/results.csv (accuracy per model and family
     with Wilson intervals), OUT/necessity.csv (paired gains with bootstrap intervals) and OUT/build.json.
     """
@@ -62,6 +63,8 @@ def build_progress(con: Console, status: Any, start: float) -> Any:
         elif stage == "eval":
             status.update(f"{elapsed} evaluating {info['model']}")
             con.print(f"{elapsed} {info['model']}: strict accuracy {info['strict']:.3f}")
+        elif stage == "planted":
+            con.print(f"{elapsed} planted/{info['name']} ({info['kind']}): {info['changed']} tensors changed")
         elif stage == "data":
             con.print(f"{elapsed} data: {info['sft']} SFT items, {info['rl']} RL prompts, "
                       f"{info['eval']} held-out items")

@@ -1,4 +1,5 @@
-"""``miniworld build``: train the mini-world IN model (SFT), its RL model (GRPO) and three frozen-block RLs.
+"""``miniworld build``: train the mini-world IN model (SFT), its RL model (GRPO), three frozen-block RLs and
+planted-truth pairs.
 
 The data design gives RL something real to improve. IN learns the parts -- the perception families
 (count, color, shape, read_digit, locate) and arithmetic stated in words (text_arith) -- but half of
@@ -8,6 +9,11 @@ trains with an exact-match reward on a mix dominated by those two families. Ever
 from the same IN checkpoint with the same seed, data order and settings; the frozen ones differ only
 in which third of the decoder cannot move, which :func:`frankenlab.freeze.verify_frozen` proves on the
 saved files.
+
+Planted pairs (``planted/``) have a difference from IN known by construction, to check the study's verdict
+rules: ``null`` (a byte copy of IN), ``noise`` (the same small relative noise on every decoder matrix) and
+``late-only`` / ``early-only`` (GRPO exactly like RL's, with everything outside that third frozen,
+embeddings, final norm and lm_head included; :func:`frankenlab.planted.verify_confined` proves it).
 
 Everything is written into a temporary sibling of the output directory and renamed at the end.
 """
@@ -33,6 +39,8 @@ from frankenlab.miniworld.tasks import FAMILIES, TaskItem, export_tasks, make_sp
 __all__ = [
     "ALWAYS_FROZEN",
     "NECESSITY_COLUMNS",
+    "PLANTED",
+    "PLANTED_TRAINED",
     "RESULT_COLUMNS",
     "RL_MIX",
     "SFT_MIX",
@@ -66,6 +74,11 @@ RESULT_COLUMNS = ("model", "family", "n", "strict_acc", "strict_lo", "strict_hi"
 NECESSITY_COLUMNS = ("model", "family", "n", "acc", "gain", "gain_low", "gain_high", "p_value", "in_acc",
                      "rl_acc", "gain_vs_rl", "gain_vs_rl_low", "gain_vs_rl_high", "p_value_vs_rl", "score")
 REGIONS = ("early", "mid", "late")
+#: Planted pairs trained with GRPO: name → the only region allowed to change.
+PLANTED_TRAINED: Mapping[str, str] = MappingProxyType({"late-only": "late", "early-only": "early"})
+PLANTED = ("null", "noise", *PLANTED_TRAINED)
+#: How each planted.json names its IN: relative to the planted checkpoint directory (OUT/planted/<name>).
+SOURCE_NAME = "../../in"
 
 Progress = Callable[[str, Mapping[str, Any]], None]
 
@@ -92,6 +105,9 @@ class BuildConfig(BaseModel):
     frozen_regions: tuple[str, ...] = Field(REGIONS, description="Frozen-block RL variants to train.")
     sft_shortcut: float = Field(0.5, ge=0, le=1, description="Share of count_arith/digit_arith SFT targets "
                                 "that are only the perceived value (the shortcut RL has to unlearn).")
+    planted_scale: float = Field(1e-3, gt=0, description="Relative noise ‖ΔW‖/‖W‖ of the planted noise pair.")
+    planted_rl_steps: int | None = Field(None, ge=1, description="GRPO steps of the planted late-only / "
+                                         "early-only runs (default: rl_steps, i.e. exactly RL's recipe).")
 
     @field_validator("frozen_regions")
     @classmethod
@@ -106,8 +122,10 @@ class BuildConfig(BaseModel):
         """The default build, or with ``fast`` the smoke-test sizes (same pipeline, minutes → seconds)."""
         base: dict[str, Any] = {"seed": seed, "fast": fast}
         if fast:
+            # The fast RL's 2 steps see only all-wrong groups (zero advantage): it changes no weight. The
+            # planted runs take one pass over the 16 prompts, enough for groups with mixed rewards.
             base |= {"sft_steps": 30, "n_sft_items": 240, "rl_steps": 2, "n_rl_items": 16, "n_eval": 64,
-                     "n_probe_pairs": 2, "rl_prompts_per_step": 2}
+                     "n_probe_pairs": 2, "rl_prompts_per_step": 2, "planted_rl_steps": 8}
         try:
             return cls(**(base | overrides))
         except ValidationError as exc:
@@ -123,6 +141,7 @@ class BuildResult(BaseModel):
     results: pd.DataFrame
     gains: pd.DataFrame
     seconds: dict[str, float]
+    planted: dict[str, Path] = Field(default_factory=dict)
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -193,7 +212,7 @@ def build_miniworld(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> BuildResult:
-    """Build the mini-world into ``out``: IN, RL, RL with early/mid/late frozen, tasks, probes, tables.
+    """Build the mini-world into ``out``: IN, RL, RL with early/mid/late frozen, planted pairs, tasks, probes, tables.
 
     Same config and seed → bit-identical checkpoints on the same machine (one thread, deterministic
     kernels, seeded everything). ``progress(stage, info)`` is called at stage boundaries and SFT/GRPO
@@ -241,16 +260,79 @@ def build_miniworld(
                     NECESSITY_COLUMNS)
         seconds["eval"] = time.perf_counter() - t0
 
+        planted = _plant_all(cfg, tmp, rl_items, eval_items, results["in"], seconds, progress)
+
         seconds["total"] = time.perf_counter() - start
         manifest = build_manifest(
             "miniworld build", args=cfg.model_dump(mode="json"), seed=cfg.seed,
             extra={"sft": {"final_loss": sft_losses[-1], "mean_loss_last_50": _tail_mean(sft_losses)},
                    "rl_runs": runs, "seconds": seconds, "sft_mix": dict(SFT_MIX), "rl_mix": dict(RL_MIX),
-                   "checkpoints": {name: _fingerprint(tmp / name) for name in results}},
+                   "checkpoints": {name: _fingerprint(tmp / name) for name in results},
+                   "planted": planted},
         )
         write_json(tmp / "build.json", manifest)
     models = {name: target / name for name in ["in"] + [n for n, _ in variants]}
-    return BuildResult(out=target, models=models, results=acc, gains=gains, seconds=seconds)
+    return BuildResult(out=target, models=models, results=acc, gains=gains, seconds=seconds,
+                       planted={name: target / "planted" / name for name in planted})
+
+
+def _plant_all(cfg: BuildConfig, root: Path, rl_items: list[TaskItem], eval_items: list[TaskItem],
+               in_results: list[ItemResult], seconds: dict[str, float],
+               progress: Progress | None) -> dict[str, dict[str, Any]]:
+    """Write ``planted/{null,noise,late-only,early-only}`` with their ``planted.json``; a summary for build.json.
+
+    The noise and trained pairs are evaluated on the held-out items (``planted/results.csv``): how far
+    each moved IN's answers is part of its truth (the null pair's answers are IN's, byte for byte).
+    """
+    from frankenlab.io import write_table
+    from frankenlab.planted import plant_noise, plant_null, record_confined
+
+    base, in_dir = root / "planted", root / "in"
+    summary: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    records = {"null": plant_null(in_dir, base / "null", source_name=SOURCE_NAME),
+               "noise": plant_noise(in_dir, base / "noise", scale=cfg.planted_scale, seed=cfg.seed,
+                                    source_name=SOURCE_NAME)}
+    seconds["planted-copies"] = time.perf_counter() - t0
+    for name, record in records.items():
+        _notify(progress, "planted", name=name, kind=record.kind, changed=len(record.changed))
+    runs: dict[str, dict[str, Any]] = {}
+    for name, region in PLANTED_TRAINED.items():
+        t0 = time.perf_counter()
+        frozen = ",".join([ALWAYS_FROZEN, "projector", *(r for r in REGIONS if r != region)])
+        out = base / name
+        run = _train_rl(cfg, in_dir, out, rl_items, frozen, progress, steps=cfg.planted_rl_steps, only=region)
+        runs[name] = run
+        records[name] = record_confined(
+            in_dir, out, region, frozen=frozen, seed=cfg.seed, source_name=SOURCE_NAME, how="GRPO exactly like RL's",
+            extra={"rl_steps": run["settings"]["steps"], "mean_reward": run["reward"].get("mean_reward"),
+                   "freeze_verified": run["freeze_verified"]["ok"]},
+        )
+        if not records[name].changed:
+            log.warning("planted/%s: GRPO changed no weight (every sampled group had equal rewards); the pair is "
+                        "null in effect, as its planted.json says.", name)
+        records[name].write(out)
+        _notify(progress, "planted", name=name, kind="trained", changed=len(records[name].changed))
+        seconds[f"planted-{name}"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluated = _evaluate_all(base, ["noise", *PLANTED_TRAINED], eval_items, progress,
+                              responses=root / "eval" / "planted")
+    acc = pd.DataFrame([row for name, res in evaluated.items() for row in accuracy_rows(f"PLANTED-{name.upper()}",
+                                                                                        res)])
+    write_table(acc, base / "results", RESULT_COLUMNS)
+    seconds["planted-eval"] = time.perf_counter() - t0
+    for name, record in records.items():
+        entry = {"path": f"planted/{name}", "kind": record.kind, "regions": list(record.regions),
+                 "scale": record.scale, "seed": record.seed, "frozen": record.frozen,
+                 "n_changed": len(record.changed), "fingerprint": record.fingerprint}
+        res = evaluated.get(name)
+        if res is not None:
+            entry["strict_acc"] = sum(r.strict for r in res) / len(res)
+            entry["same_response_as_in"] = sum(a.response == b.response for a, b in zip(res, in_results)) / len(res)
+        if name in runs:
+            entry["rl_run"] = runs[name]
+        summary[name] = entry
+    return summary
 
 
 def _fingerprint(path: Path) -> str:
@@ -292,15 +374,20 @@ def _train_in(cfg: BuildConfig, items: list[TaskItem], out: Path, progress: Prog
 
 
 def _train_rl(cfg: BuildConfig, in_dir: Path, out: Path, items: list[TaskItem], region: str,
-              progress: Progress | None) -> dict[str, Any]:
+              progress: Progress | None, *, steps: int | None = None, only: str | None = None) -> dict[str, Any]:
+    """GRPO from IN with ``region`` frozen; with ``only``, every parameter outside that region is frozen too."""
     from frankenlab.freeze import verify_frozen
     from frankenlab.miniworld.model import save_pair_member
+    from frankenlab.planted import freeze_outside
     from frankenlab.rl.grpo import GRPOSettings, train_grpo
     from frankenlab.runtime.load import load
 
-    _notify(progress, "rl", model=out.name, freeze=region, steps=cfg.rl_steps)
+    steps = steps or cfg.rl_steps
+    _notify(progress, "rl", model=out.name, freeze=region, steps=steps)
     model, processor = load(in_dir, attn_implementation="eager")
-    settings = GRPOSettings(steps=cfg.rl_steps, lr=cfg.rl_lr, prompts_per_step=cfg.rl_prompts_per_step,
+    if only is not None:
+        freeze_outside(model, only)  # train_grpo restores requires_grad afterwards from what it found
+    settings = GRPOSettings(steps=steps, lr=cfg.rl_lr, prompts_per_step=cfg.rl_prompts_per_step,
                             num_generations=cfg.rl_generations, seed=cfg.seed)
     run = train_grpo(model, processor, items, settings, freeze=region)
     save_pair_member(model, processor, out)
@@ -317,8 +404,8 @@ def _train_rl(cfg: BuildConfig, in_dir: Path, out: Path, items: list[TaskItem], 
     return record
 
 
-def _evaluate_all(root: Path, names: list[str], items: list[TaskItem],
-                  progress: Progress | None) -> dict[str, list[ItemResult]]:
+def _evaluate_all(root: Path, names: list[str], items: list[TaskItem], progress: Progress | None,
+                  responses: Path | None = None) -> dict[str, list[ItemResult]]:
     from frankenlab.miniworld.evaluate import write_responses
     from frankenlab.runtime.load import load
 
@@ -327,7 +414,7 @@ def _evaluate_all(root: Path, names: list[str], items: list[TaskItem],
     for name in names:
         model, processor = load(root / name)
         results[name] = evaluate(model, processor, eval_items)
-        write_responses(root / "eval" / f"{name}.jsonl", name.upper(), results[name])
+        write_responses((responses or root / "eval") / f"{name}.jsonl", name.upper(), results[name])
         _notify(progress, "eval", model=name, strict=sum(r.strict for r in results[name]) / len(eval_items))
     if not results:
         raise TaskError("no model was evaluated.")

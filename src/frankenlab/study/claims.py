@@ -30,6 +30,9 @@ N_BOOT = 2000
 SEED = 0
 #: A layer whose skip removes at least this share of a task's baseline accuracy "breaks" that task.
 BREAKS = 0.9
+#: Fewest items per task for a bootstrap interval of its critical layer to place it in a part: with fewer,
+#: resampling a handful of identical items gives a degenerate, falsely narrow interval.
+MIN_ITEMS = 10
 
 
 @dataclass
@@ -389,7 +392,9 @@ def claim_localization_order(vision_items: Sequence[Mapping[str, Any]] | None,
               INCONCLUSIVE, "Per task, the critical layer is the last decoder layer whose suffix K/V swap still "
               "reaches half the peak flip-to-source rate (RL model; for reasoning: the last layer whose skip still "
               "costs half the peak reasoning-specific accuracy loss). Its 95 % interval comes from resampling items "
-              "(bootstrap); a task is placed in a part only when the whole interval lies in it. Supported when "
+              "(bootstrap); a task is placed in a part only when the whole interval lies in it and it has at least "
+              f"{MIN_ITEMS} items. Judged on the RL model alone (a property of the model, not of the update). "
+              "Supported when "
               "every task is placed in its claimed part, contradicted when one is placed elsewhere. Headline: "
               "reasoning − recognition critical layer, bootstrap interval.")
     part_of = _part_names(cuts)
@@ -425,7 +430,8 @@ def claim_localization_order(vision_items: Sequence[Mapping[str, Any]] | None,
     for task, info in crit.items():
         low, high, defined = _interval(boots[task])
         part = None
-        if math.isfinite(low) and defined >= 0.95 and part_of(int(low)) == part_of(int(high)):
+        if info["n"] >= MIN_ITEMS and math.isfinite(low) and defined >= 0.95 and \
+                part_of(int(low)) == part_of(int(high)):
             part = part_of(int(low))
         placed[task] = part
         rows.append([task, CLAIMED_PART[task], _r(info["layer"]), _r(low), _r(high), _r(defined, 3), part or "–",
@@ -455,8 +461,11 @@ def claim_localization_order(vision_items: Sequence[Mapping[str, Any]] | None,
         c.verdict = SUPPORTED
         c.reason = "every task's critical-layer interval lies inside its claimed part."
     else:
-        c.reason = (f"the critical-layer interval of {', '.join(undecided)} spans more than one part (or the swap "
-                    "never flips the answer), so those tasks cannot be placed; no placed task contradicts the claim.")
+        few = [t for t in undecided if crit[t]["n"] < MIN_ITEMS]
+        c.reason = (f"{', '.join(undecided)} cannot be placed: the critical-layer interval spans more than one part, "
+                    "the swap never flips the answer" + (f", or fewer than {MIN_ITEMS} items were probed "
+                                                        f"({', '.join(few)})" if few else "")
+                    + "; no placed task contradicts the claim.")
     return c
 
 

@@ -155,17 +155,22 @@ def attention_records(pattern: str | dict[str, float], n_layers: int = 28, n_ite
     return out
 
 
-def freeze_records(accuracy: dict[str, float], n_items: int = 400, *,
-                   seed: int = 0) -> tuple[pd.DataFrame, dict[str, list[dict[str, Any]]]]:
+def freeze_records(accuracy: dict[str, float], n_items: int = 400, *, seed: int = 0,
+                   shared: float = 0.7) -> tuple[pd.DataFrame, dict[str, list[dict[str, Any]]]]:
     """(necessity table, per-model item results) for models "in", "rl", "rl-frozen-<part>" at given accuracies.
 
-    Items are nested: a model with higher accuracy gets right every item a lower one does (as RL variants of
-    the same IN mostly do), drawn on one uniform per item.
+    Models of the same IN agree on most items: per model and item, with probability `shared` the item's
+    common uniform decides (so a more accurate model gets right what a less accurate one does), otherwise an
+    independent one — equal accuracies then still differ item by item, as two RL runs do.
     """
     from frankenlab.stats import paired_bootstrap_diff
 
-    u = np.random.default_rng(seed).random(n_items)
-    correct = {m: u < a for m, a in accuracy.items()}
+    rng = np.random.default_rng(seed)
+    u = rng.random(n_items)
+    correct = {}
+    for m, a in accuracy.items():
+        own = np.where(rng.random(n_items) < shared, u, rng.random(n_items))
+        correct[m] = own < a
     items = {m: [{"model": m.upper(), "id": str(i), "family": "t", "strict": bool(c[i])} for i in range(n_items)]
              for m, c in correct.items()}
     rows = []
