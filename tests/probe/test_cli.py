@@ -113,3 +113,26 @@ def test_bad_input_is_one_line_and_exit_2(ckpts, pairs, tmp_path, capsys, bad):
     code, _, err = _run(capsys, *args)
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_probe_ablate_prints_the_per_layer_table(ckpts, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: no cell is shortened
+    tasks = tmp_path / "math.jsonl"
+    tasks.write_text("".join(json.dumps({"id": i, "problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                             for i in range(2)))
+    out = tmp_path / "a"
+    code, _, err = _run(capsys, "probe", "ablate", str(ckpts[0]), "--tasks", str(tasks), "--layers", "0,2",
+                        "--out", str(out), "--max-new-tokens", "2", "--no-plots")
+    assert code == 0
+    table = pd.read_csv(out / "ablation_layers.csv")
+    for col in ("accuracy_drop_low", "accuracy_drop_high", "p_mcnemar", "n_discordant", "n_stopped_degenerate"):
+        assert col in table.columns
+    lines = err.splitlines()
+    assert any("Layer ablation" in line for line in lines)
+    body = [line for line in lines if line.lstrip("│┃ ").startswith("math")]
+    assert len(body) == 3  # baseline and the two skipped layers
+    assert "baseline" in body[0] and " 0 " in body[1] and " 2 " in body[2]
+    for line, (_, r) in zip(body, table.iterrows()):
+        assert f"{r['accuracy']:.2f} [{r['accuracy_low']:.2f}, {r['accuracy_high']:.2f}]" in line
+        assert f"{r['accuracy_drop']:+.2f} [{r['accuracy_drop_low']:+.2f}, {r['accuracy_drop_high']:+.2f}]" in line
+        assert f"{r['gold_logprob']:.3f}" in line and f" {r['n_discordant']} " in line

@@ -27,7 +27,9 @@ def eval_cmd(
     system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="System prompt for every model "
                                                                              "(default: none).")] = None,
     prompt_suffix: Annotated[str, typer.Option("--prompt-suffix", help="Appended to every question.")] = "",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 512,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        "--max-new-tokens", min=1, help="Answer length limit for every item (default: per item kind, perception 256, "
+        "reasoning 1024).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per generate call.")] = 16,
     do_sample: Annotated[bool, typer.Option("--do-sample/--greedy", help="Sampling (default: greedy).")] = False,
     temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
@@ -118,7 +120,7 @@ def eval_cmd(
                        overwrite=overwrite, progress=on_progress)
     if quiet:
         return
-    table = Table(title="Accuracy (95 % bootstrap CI; failed items count as wrong)")
+    table = Table(title="Accuracy (95 % Wilson CI; failed items count as wrong)")
     for col in ("model", "task", "setting", "n", "accuracy", "95 % CI", "failed"):
         table.add_column(col, justify="left" if col in ("model", "task", "setting") else "right")
     for _, r in res.summary.iterrows():
@@ -127,7 +129,7 @@ def eval_cmd(
     con.print(table)
     pooled = res.metrics[res.metrics["task"] == "all"]
     if not pooled.empty:
-        table = Table(title="Paper metrics over all tasks")
+        table = Table(title="Paper metrics over all tasks (95 % Wilson CI)")
         for col in ("model", "metric", "n", "value", "95 % CI", "n11 / n10 / n01 / n00", "failed"):
             table.add_column(col, justify="left" if col in ("model", "metric") else "right")
         for _, r in pooled.iterrows():

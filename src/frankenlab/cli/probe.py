@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 probe_app = typer.Typer(help="Functional localization: where along depth does the model do what?",
                         no_args_is_help=True)
@@ -23,7 +27,9 @@ Layers = Annotated[str | None, typer.Option("--layers", help="Decoder layers (0-
 Limit = Annotated[int | None, typer.Option("--limit", help="Use only the first N items (per task).")]
 Dtype = Annotated[str | None, typer.Option("--dtype", help="Model dtype: bf16, fp16, fp32 (default: as stored).")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
-MaxNew = Annotated[int | None, typer.Option("--max-new-tokens", help="Greedy answer length limit.")]
+MaxNew = Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Greedy answer length limit (default: "
+                                                                           "per item kind, perception 256, reasoning "
+                                                                           "1024).")]
 System = Annotated[str | None, typer.Option("--system-prompt", help="System prompt for every question.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace results in OUT made with other inputs or "
                                                              "settings.")]
@@ -132,11 +138,34 @@ def ablate_cmd(
                            overwrite=overwrite, plots=plots, progress=report)
     if quiet:
         return
-    base = res.layers[res.layers["layer"] == -1]
-    for _, r in base.iterrows():
-        con.print(f"{r['task']}: baseline accuracy {r['accuracy']:.3f}, gold log-prob {r['gold_logprob']:.3f} "
-                  f"(n={r['n']})")
+    con.print(ablation_console_table(res.layers))
     _summary(con, res.failed, out, "ablation_layers.csv/.parquet, ablation_items.jsonl, manifest.json, plots/")
+
+
+def _num(x: object, fmt: str) -> str:
+    import pandas as pd
+
+    return "–" if pd.isna(x) else format(x, fmt)
+
+
+def ablation_console_table(layers: pd.DataFrame) -> Table:
+    """Per task and layer: accuracy, the paired drop from the baseline, McNemar, degenerate stops, gold log-prob."""
+    table = Table(title="Layer ablation: drop = baseline − skipped on the same items (95 % intervals)")
+    for col in ("task", "layer", "n", "accuracy [CI]", "drop [paired CI]", "p McNemar", "discordant", "degenerate",
+                "gold log-prob"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    tasks = list(dict.fromkeys(layers["task"]))
+    for t_i, task in enumerate(tasks):
+        rows = layers[layers["task"] == task]
+        for r_i, (_, r) in enumerate(rows.iterrows()):
+            table.add_row(
+                str(task), "baseline" if int(r["layer"]) == -1 else str(int(r["layer"])), str(r["n"]),
+                f"{_num(r['accuracy'], '.2f')} [{_num(r['accuracy_low'], '.2f')}, {_num(r['accuracy_high'], '.2f')}]",
+                f"{_num(r['accuracy_drop'], '+.2f')} [{_num(r['accuracy_drop_low'], '+.2f')}, "
+                f"{_num(r['accuracy_drop_high'], '+.2f')}]",
+                _num(r["p_mcnemar"], ".3g"), _num(r["n_discordant"], "d"), str(int(r["n_stopped_degenerate"])),
+                _num(r["gold_logprob"], ".3f"), end_section=r_i == len(rows) - 1 and t_i < len(tasks) - 1)
+    return table
 
 
 @probe_app.command("attention")

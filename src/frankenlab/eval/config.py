@@ -19,8 +19,8 @@ DEFAULT_DESCRIPTION_TEMPLATE = "Image description: {description}\n\n{question}"
 
 
 def default_generation() -> GenerationSettings:
-    """Greedy, up to 512 new tokens (reasoning models need room), 16 prompts a batch."""
-    return GenerationSettings(max_new_tokens=512, batch_size=16)
+    """Greedy, answer length per item kind (`runtime.generate.DEFAULT_MAX_NEW_TOKENS`), 16 prompts a batch."""
+    return GenerationSettings(max_new_tokens=None, batch_size=16)
 
 
 def parse_settings(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -47,7 +47,7 @@ class EvalConfig(BaseModel):
                                       description="User text of the described setting ({description}, {question}).")
     generation: GenerationSettings = Field(
         default_factory=lambda: default_generation(),
-        description="Decoding settings (greedy by default).")
+        description="Decoding settings (greedy by default; max_new_tokens None = per item kind).")
     use_generation_config: bool = Field(False, description="Apply each checkpoint's generation_config.json.")
     backend: Literal["auto", "hf", "vllm"] = Field("auto", description="auto: vLLM when installed with a GPU.")
     dtype: str | None = Field(None, description="Model dtype (bf16, fp16, fp32; None: as stored).")

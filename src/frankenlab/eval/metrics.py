@@ -1,4 +1,4 @@
-"""The paper's metrics from per-item outcomes, with the 2×2 counts behind them and bootstrap intervals.
+"""The paper's metrics from per-item outcomes, with the 2×2 counts behind them and their intervals.
 
 An outcome is True (correct), False (wrong) or None (failed: an error or timeout). Failures stay in
 every denominator and never count in a model's favour: for accuracy a failure is wrong, and an item
@@ -8,6 +8,10 @@ the items where both runs gave an answer; ``n = n11 + n10 + n01 + n00 + n_failed
 * M_vis = P(correct with the image ∧ wrong with a black image) = n10 / n   (a = image, b = black)
 * M_v2r = P(correct with the image ∧ correct from the description) = n11 / n   (a = image, b = described)
 * M_rea = accuracy on text-only items.
+
+Each metric is the proportion of items with a binary event, so its interval is Wilson's score interval,
+which keeps a positive width at 0 % and 100 % (a percentile bootstrap of an all-correct run is [1, 1]).
+Differences between models on the same items stay paired bootstrap intervals (:func:`compare_paired`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from frankenlab.errors import EvalError
-from frankenlab.stats import bootstrap_mean_ci, mcnemar_exact, paired_bootstrap_diff, two_by_two
+from frankenlab.stats import mcnemar_exact, paired_bootstrap_diff, two_by_two, wilson_interval
 
 __all__ = ["Comparison", "MetricResult", "Outcome", "accuracy", "compare_paired", "events_of", "m_rea", "m_v2r",
            "m_vis"]
@@ -76,17 +80,23 @@ def _split(outcomes: Sequence[Outcome], name: str) -> tuple[NDArray[np.bool_], N
     return correct, failed
 
 
-def _ci(events: NDArray[np.bool_], n_boot: int, confidence: float, seed: int) -> tuple[float, float, float]:
+def _ci(events: NDArray[np.bool_], confidence: float) -> tuple[float, float, float]:
+    """(proportion, Wilson low, Wilson high) of a per-item binary event; NaNs for no items."""
     if events.size == 0:
         return math.nan, math.nan, math.nan
-    return bootstrap_mean_ci(events.astype(np.float64), n_boot=n_boot, confidence=confidence, seed=seed)
+    k, n = int(events.sum()), int(events.size)
+    low, high = wilson_interval(k, n, confidence)
+    return k / n, low, high
 
 
 def accuracy(outcomes: Sequence[Outcome], *, metric: str = "accuracy", n_boot: int = 2000,
              confidence: float = 0.95, seed: int = 0) -> MetricResult:
-    """Share correct over all items, failures included as wrong."""
+    """Share correct over all items, failures included as wrong; Wilson interval.
+
+    ``n_boot`` and ``seed`` are accepted for a uniform signature with :func:`compare_paired` (unused here).
+    """
     correct, failed = _split(outcomes, metric)
-    value, low, high = _ci(correct, n_boot, confidence, seed)
+    value, low, high = _ci(correct, confidence)
     return MetricResult(metric, value, low, high, int(correct.size), int(correct.sum()), int(failed.sum()))
 
 
@@ -99,7 +109,7 @@ def _joint(metric: str, a: Sequence[Outcome], b: Sequence[Outcome], want_b: bool
     answered = ~(fa | fb)
     counts = two_by_two(ca[answered], cb[answered])
     events = answered & ca & (cb if want_b else ~cb)
-    value, low, high = _ci(events, n_boot, confidence, seed)
+    value, low, high = _ci(events, confidence)
     return MetricResult(metric, value, low, high, int(ca.size), int(events.sum()), int((~answered).sum()),
                         counts["n11"], counts["n10"], counts["n01"], counts["n00"])
 

@@ -20,7 +20,14 @@ from typing import Any
 
 from frankenlab.errors import EvalError
 from frankenlab.eval.config import EvalConfig
-from frankenlab.runtime.generate import GenerationSettings, HFBackend, without_checkpoint_generation_config
+from frankenlab.runtime.generate import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GenerationSettings,
+    HFBackend,
+    generation_config_dict,
+    resolve_max_new_tokens,
+    without_checkpoint_generation_config,
+)
 
 __all__ = ["ModelInfo", "in_memory_fingerprint", "label_models", "model_info", "open_backend"]
 
@@ -93,7 +100,7 @@ def model_info(label: str, source: ModelSource) -> ModelInfo:
 def _generation_config_dict(model: Any = None, path: str | None = None) -> dict[str, Any] | None:
     gc = getattr(model, "generation_config", None) if model is not None else None
     if gc is not None:
-        return json.loads(gc.to_json_string(use_diff=True))
+        return generation_config_dict(gc)
     if path is not None and (Path(path) / "generation_config.json").is_file():
         return json.loads((Path(path) / "generation_config.json").read_text())
     return None
@@ -109,6 +116,11 @@ def effective_settings(base: GenerationSettings, gen_config: Mapping[str, Any] |
         if gen_config.get(key) is not None:
             over[key] = gen_config[key]
     return dataclasses.replace(base, **over)
+
+
+def lengths_by_kind(settings: GenerationSettings) -> dict[str, int]:
+    """The answer-length limit each item kind gets under ``settings`` (recorded in run.json)."""
+    return {kind: resolve_max_new_tokens(settings.max_new_tokens, kind) for kind in DEFAULT_MAX_NEW_TOKENS}
 
 
 class _TimedHFBackend(HFBackend):
@@ -144,7 +156,8 @@ def open_backend(label: str, source: ModelSource, cfg: EvalConfig) -> Iterator[t
 
     if _is_backend(source):
         yield source, {"backend": getattr(source, "name", type(source).__name__),
-                       "generation": source.settings.to_dict(), "generation_config": None}
+                       "generation": source.settings.to_dict(), "generation_config": None,
+                       "max_new_tokens_by_kind": lengths_by_kind(source.settings)}
         return
     in_memory = isinstance(source, tuple)
     kind = "hf" if in_memory else pick_backend(cfg.backend)
@@ -159,7 +172,8 @@ def open_backend(label: str, source: ModelSource, cfg: EvalConfig) -> Iterator[t
         settings = effective_settings(cfg.generation, gen_config, cfg.use_generation_config)
         backend = VLLMBackend(source, load_processor(source), settings=settings,
                               tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype)
-        yield backend, {"backend": "vllm", "generation": settings.to_dict(), "generation_config": gen_config}
+        yield backend, {"backend": "vllm", "generation": settings.to_dict(), "generation_config": gen_config,
+                        "max_new_tokens_by_kind": lengths_by_kind(settings)}
         return
     if in_memory:
         model, processor = source
@@ -169,8 +183,10 @@ def open_backend(label: str, source: ModelSource, cfg: EvalConfig) -> Iterator[t
         model, processor = load(source, dtype=cfg.dtype, device=_device(cfg.device))
     gen_config = _generation_config_dict(model=model)
     settings = effective_settings(cfg.generation, gen_config, cfg.use_generation_config)
-    backend = _TimedHFBackend(model, processor, settings=settings, max_time=cfg.timeout_s)
-    report = {"backend": "hf", "generation": settings.to_dict(), "generation_config": gen_config}
+    backend = _TimedHFBackend(model, processor, settings=settings, max_time=cfg.timeout_s,
+                              checkpoint_eos=cfg.use_generation_config)
+    report = {"backend": "hf", "generation": settings.to_dict(), "generation_config": gen_config,
+              "max_new_tokens_by_kind": lengths_by_kind(settings)}
     try:
         if cfg.use_generation_config:
             yield backend, report

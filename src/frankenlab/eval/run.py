@@ -48,6 +48,7 @@ from frankenlab.eval.tables import (
 from frankenlab.grading import grade, math_verify_available
 from frankenlab.io import write_json, write_table
 from frankenlab.manifest import build_manifest, settings_key, write_manifest
+from frankenlab.runtime.generate import backend_for_kind
 from frankenlab.tasks import Task, TaskItem, load_tasks
 
 __all__ = ["EvalResult", "ProgressEvent", "evaluate"]
@@ -82,6 +83,7 @@ class _Job:
     task: str
     item: TaskItem
     setting: str
+    kind: str  # perception / reasoning: picks the default answer length
 
 
 def _config(config: EvalConfig | None, settings: str | Sequence[str], overrides: Mapping[str, Any]) -> EvalConfig:
@@ -147,9 +149,10 @@ def _grade(rec: dict[str, Any], item: TaskItem, judge: LLMJudge | None, prompt_s
         rec.update(judge=jv.raw, correct=jv.correct, decided_by="llm_judge")
 
 
-def _new_record(label: str, job: _Job) -> dict[str, Any]:
+def _new_record(label: str, job: _Job, max_new_tokens: int | None) -> dict[str, Any]:
     it = job.item
-    return {"model": label, "task": job.task, "item_id": it.id, "setting": job.setting, "prompt": None,
+    return {"model": label, "task": job.task, "item_id": it.id, "setting": job.setting, "kind": job.kind,
+            "max_new_tokens": max_new_tokens, "prompt": None,
             "answer": it.answer, "answer_type": it.answer_type, "choices": list(it.choices) if it.choices else None,
             "response": None, "extracted": None, "extraction": None, "rule": None, "rule_correct": None,
             "decided_by": None, "judge": None, "correct": False, "error": None, "elapsed_s": None}
@@ -157,7 +160,8 @@ def _new_record(label: str, job: _Job) -> dict[str, Any]:
 
 def _run_chunk(label: str, backend: Any, chunk: Sequence[_Job], cfg: EvalConfig,
                descriptions: Mapping[tuple[str, str], DescriptionResult], judge: LLMJudge | None) -> list[dict]:
-    records = [_new_record(label, j) for j in chunk]
+    limit = getattr(getattr(backend, "settings", None), "max_new_tokens", None)
+    records = [_new_record(label, j, limit) for j in chunk]
     prompts: dict[int, Any] = {}
     for i, (job, rec) in enumerate(zip(chunk, records)):
         desc = descriptions.get((job.task, job.item.id)) if job.setting == "described" else None
@@ -199,6 +203,16 @@ def _run_chunk(label: str, backend: Any, chunk: Sequence[_Job], cfg: EvalConfig,
             rec["error"] = f"{type(exc).__name__}: {exc}"
             rec["correct"] = False
     return records
+
+
+def _batches(jobs: Sequence[_Job], size: int) -> list[tuple[str, list[_Job]]]:
+    """Batches of at most ``size`` jobs of one kind each (one answer length per generate call), kinds in
+    sorted order and the job order kept within a kind."""
+    out: list[tuple[str, list[_Job]]] = []
+    for kind in sorted({j.kind for j in jobs}):
+        mine = [j for j in jobs if j.kind == kind]
+        out += [(kind, mine[i:i + size]) for i in range(0, len(mine), size)]
+    return out
 
 
 def _selection_hash(ids: Sequence[str]) -> str:
@@ -260,8 +274,8 @@ def evaluate(models: Mapping[str, Any] | Sequence[str], tasks: Any, settings: st
                     if r.get("error") and r["model"] in sources])
     n_new = 0
     for label, source in sources.items():
-        jobs = [_Job(t.name, it, s) for t in selected for it in t.items for s in settings_for(it, cfg.settings)
-                if (label, t.name, it.id, s) not in store]
+        jobs = [_Job(t.name, it, s, it.kind(t.name)) for t in selected for it in t.items
+                for s in settings_for(it, cfg.settings) if (label, t.name, it.id, s) not in store]
         if not jobs:
             continue
         with open_backend(label, source, cfg) as (backend, report):
@@ -273,8 +287,8 @@ def evaluate(models: Mapping[str, Any] | Sequence[str], tasks: Any, settings: st
                 progress(ProgressEvent("model_start", label, 0, len(jobs)))
             bs = max(1, backend.settings.batch_size)
             done = 0
-            for start in range(0, len(jobs), bs):
-                records = _run_chunk(label, backend, jobs[start:start + bs], cfg, desc, judge)
+            for kind, chunk in _batches(jobs, bs):
+                records = _run_chunk(label, backend_for_kind(backend, kind), chunk, cfg, desc, judge)
                 store.append(records)
                 n_new += len(records)
                 for rec in records:

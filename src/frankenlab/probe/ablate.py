@@ -5,6 +5,15 @@ decoder layer i (via `hooks.skip_layers` with a per-row plan), so the layers of 
 ablated inside one batched `generate`. The teacher-forced score — the mean log-probability of
 the gold answer's tokens after the prompt — needs no generation; one forward per item covers all
 variants (same prompt, no padding).
+
+Decoding is eval's (greedy, the checkpoint's generation_config neutralised, answer length per item
+kind unless given), plus one per-row stop: a row whose answer has run off the rails — the same token
+or short n-gram repeated `stop_degenerate` times at its end (a skipped layer 0 writes digits until the
+limit) — ends there (`stopped_degenerate`, per item and variant; counted per layer). Rows that are
+fine decode exactly as without it.
+
+Per layer, against the baseline on the same items: the accuracy drop with a paired bootstrap interval
+and the exact McNemar p-value over the discordant items.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from frankenlab.errors import FrankenlabError, ProbeError
 from frankenlab.grading import grade
@@ -32,20 +42,34 @@ from frankenlab.probe.run import (
     describe_model,
     finish,
     open_model,
+    probe_decoding,
     repeat_rows,
 )
 from frankenlab.probe.store import ItemStore
 from frankenlab.probe.tasks import MathItem, load_math_tasks
-from frankenlab.runtime.generate import GenerationSettings, HFBackend, Prompt, encode, to_model, tokenizer_of
-from frankenlab.stats import bootstrap_mean_ci, wilson_interval
+from frankenlab.runtime.generate import (
+    GenerationSettings,
+    HFBackend,
+    Prompt,
+    encode,
+    resolve_max_new_tokens,
+    to_model,
+    tokenizer_of,
+    without_checkpoint_generation_config,
+)
+from frankenlab.stats import bootstrap_mean_ci, mcnemar_exact, paired_bootstrap_diff, two_by_two, wilson_interval
+from frankenlab.tasks.schema import kind_of
 
-__all__ = ["ABLATION_COLUMNS", "AblationResult", "AblationSettings", "ablate_items", "ablation_table",
-           "gold_logprobs", "run_ablation"]
+__all__ = ["ABLATION_COLUMNS", "AblationResult", "AblationSettings", "DegenerateRepetition", "ablate_items",
+           "ablation_table", "gold_logprobs", "run_ablation"]
 
 log = logging.getLogger(__name__)
 NAME = "ablation"
 ABLATION_COLUMNS = ["task", "layer", "unified_layer", "n", "n_failed", "accuracy", "accuracy_low", "accuracy_high",
-                    "gold_logprob", "gold_logprob_low", "gold_logprob_high", "accuracy_drop"]
+                    "gold_logprob", "gold_logprob_low", "gold_logprob_high", "accuracy_drop",
+                    "accuracy_drop_low", "accuracy_drop_high", "p_mcnemar", "n_discordant", "n_stopped_degenerate"]
+#: Longest repeated n-gram the degenerate-repetition stop looks for.
+MAX_PERIOD = 4
 
 
 class AblationSettings(BaseModel):
@@ -54,7 +78,11 @@ class AblationSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     layers: tuple[int, ...] | None = Field(None, description="Decoder layers to skip one at a time; None = all.")
-    max_new_tokens: int = Field(256, ge=1, description="Greedy answer length limit.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Greedy answer length limit; None = the per-kind "
+                                       "default (runtime.generate.DEFAULT_MAX_NEW_TOKENS).")
+    stop_degenerate: int | None = Field(
+        16, ge=2, description="End a row whose answer ends in one token or n-gram (up to 4 tokens) repeated this "
+        "many times; None = never.")
     batch_size: int = Field(16, ge=1, description="Rows (item × variant) per generate batch.")
     generate: bool = Field(True, description="Generate and grade answers; False = teacher-forced score only.")
     system_prompt: str | None = Field(None, description="System prompt for every question.")
@@ -70,6 +98,42 @@ class AblationResult:
     failed: list[dict[str, Any]]
     manifest: dict[str, Any]
     out_dir: Path | None
+
+
+class DegenerateRepetition(StoppingCriteria):
+    """Per-row stop for answers stuck in a loop: the generated tokens end in a period-p pattern (p ≤
+    ``max_period``) repeated ``repeats`` times. ``fired`` marks the rows this criterion ended; a row that
+    already ended on a stop token is never marked (its padding repeats too)."""
+
+    def __init__(self, prompt_len: int, repeats: int, stop_ids: Sequence[int], max_period: int = MAX_PERIOD) -> None:
+        if repeats < 2 or max_period < 1:
+            raise ProbeError(f"degenerate stop needs repeats >= 2 and max_period >= 1, got {repeats}, {max_period}.")
+        self.prompt_len = prompt_len
+        self.repeats = repeats
+        self.max_period = max_period
+        self.stop_ids = list(stop_ids)
+        self.fired: torch.Tensor | None = None
+        self._ended: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+        rows = input_ids.shape[0]
+        if self.fired is None or self._ended is None:
+            self.fired = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+            self._ended = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+        new = input_ids[:, self.prompt_len:]
+        if new.shape[1] == 0:
+            return self.fired.clone()
+        stops = torch.tensor(self.stop_ids, dtype=new.dtype, device=new.device)
+        self._ended |= torch.isin(new[:, -1], stops)
+        looping = torch.zeros_like(self.fired)
+        for period in range(1, self.max_period + 1):
+            span = period * self.repeats
+            if new.shape[1] < span:
+                break
+            tail = new[:, -span:]
+            looping |= (tail[:, period:] == tail[:, :-period]).all(dim=-1)
+        self.fired |= looping & ~self._ended
+        return self.fired.clone()
 
 
 def _prompt(item: MathItem) -> Prompt:
@@ -100,27 +164,70 @@ def gold_logprobs(model: Any, processor: Any, adapter: Any, prompt: Prompt, gold
     return out
 
 
+def item_kind(item: MathItem) -> str:
+    """perception / reasoning from the item's task name (math files, gsm8k, text arithmetic: reasoning)."""
+    return kind_of(task=item.task)
+
+
+def _generate_rows(model: Any, processor: Any, prompts: Sequence[Prompt], kwargs: dict[str, Any],
+                   settings: AblationSettings) -> tuple[list[str], list[bool]]:
+    """Greedy answers of one batch (layer plan already installed) and which rows the degenerate stop ended."""
+    tok = tokenizer_of(processor)
+    inputs = to_model(model, encode(processor, prompts, settings.system_prompt))
+    prompt_len = int(inputs["input_ids"].shape[1])
+    extra: dict[str, Any] = {}
+    crit = None
+    if settings.stop_degenerate is not None:
+        crit = DegenerateRepetition(prompt_len, settings.stop_degenerate, kwargs["eos_token_id"])
+        extra["stopping_criteria"] = StoppingCriteriaList([crit])
+    with torch.inference_mode(), without_checkpoint_generation_config(model):
+        seq = model.generate(**inputs, **kwargs, **extra)
+    texts = [t.strip() for t in tok.batch_decode(seq[:, prompt_len:], skip_special_tokens=True)]
+    fired = crit.fired.tolist() if crit is not None and crit.fired is not None else [False] * len(prompts)
+    return texts, [bool(f) for f in fired]
+
+
 def ablate_items(model: Any, processor: Any, adapter: Any, items: Sequence[MathItem], variants: Sequence[int],
                  settings: AblationSettings) -> list[dict[str, Any]]:
-    """Per item: responses, correctness and gold log-prob for every variant (keys str(variant))."""
+    """Per item: responses, correctness, degenerate stops and gold log-prob for every variant (keys str(variant)).
+
+    Rows (item × variant) are batched within one item kind, so each batch has one answer length.
+    """
     prompts = [_prompt(it) for it in items]
-    results: list[dict[str, Any]] = [{"responses": {}, "correct": {}, "gold_logprob": {}} for _ in items]
+    kinds = [item_kind(it) for it in items]
+    results: list[dict[str, Any]] = [
+        {"kind": k, "max_new_tokens": resolve_max_new_tokens(settings.max_new_tokens, k), "responses": {},
+         "correct": {}, "stopped_degenerate": {}, "gold_logprob": {}} for k in kinds]
     if settings.generate:
-        rows = [(i, v) for i in range(len(items)) for v in variants]
-        backend = HFBackend(model, processor, settings=GenerationSettings(
-            max_new_tokens=settings.max_new_tokens, system_prompt=settings.system_prompt, batch_size=len(rows)))
-        for start in range(0, len(rows), settings.batch_size):
-            chunk = rows[start:start + settings.batch_size]
-            plan = {v: [r for r, (_, w) in enumerate(chunk) if w == v] for v in {w for _, w in chunk} if v >= 0}
-            with skip_layers(model, adapter, plan):
-                texts = backend.generate([prompts[i] for i, _ in chunk])
-            for (i, v), text in zip(chunk, texts):
-                results[i]["responses"][str(v)] = text
-                results[i]["correct"][str(v)] = bool(grade(text, items[i].answer).correct)
+        for kind in sorted(set(kinds)):
+            rows = [(i, v) for i in range(len(items)) if kinds[i] == kind for v in variants]
+            backend = HFBackend(model, processor, settings=GenerationSettings(
+                max_new_tokens=resolve_max_new_tokens(settings.max_new_tokens, kind),
+                system_prompt=settings.system_prompt, batch_size=len(rows)))
+            kwargs = backend.generate_kwargs()
+            for start in range(0, len(rows), settings.batch_size):
+                chunk = rows[start:start + settings.batch_size]
+                plan = {v: [r for r, (_, w) in enumerate(chunk) if w == v] for v in {w for _, w in chunk} if v >= 0}
+                with skip_layers(model, adapter, plan):
+                    texts, fired = _generate_rows(model, processor, [prompts[i] for i, _ in chunk], kwargs, settings)
+                for (i, v), text, stopped in zip(chunk, texts, fired):
+                    results[i]["responses"][str(v)] = text
+                    results[i]["correct"][str(v)] = bool(grade(text, items[i].answer).correct)
+                    results[i]["stopped_degenerate"][str(v)] = stopped
     for i, it in enumerate(items):
         scores = gold_logprobs(model, processor, adapter, prompts[i], it.answer, variants, settings)
         results[i]["gold_logprob"] = {str(v): s for v, s in zip(variants, scores)}
     return results
+
+
+def _paired_drop(items: list[dict[str, Any]], k: str, settings: AblationSettings) -> tuple[float, float, float, int]:
+    """(drop low, drop high, McNemar p, discordant items) of baseline − variant ``k`` on the same items."""
+    base = np.array([bool(r["correct"]["-1"]) for r in items])
+    cur = np.array([bool(r["correct"][k]) for r in items])
+    _, low, high, _ = paired_bootstrap_diff(base.astype(float), cur.astype(float), n_boot=settings.n_boot,
+                                            seed=settings.seed)
+    counts = two_by_two(base, cur)
+    return low, high, mcnemar_exact(counts["n10"], counts["n01"]), counts["n10"] + counts["n01"]
 
 
 def ablation_table(records: list[dict[str, Any]], adapter: Any, variants: Sequence[int],
@@ -132,12 +239,19 @@ def ablation_table(records: list[dict[str, Any]], adapter: Any, variants: Sequen
         items = [r for r in ok if task in ("all", r["task"])]
         n_failed = sum(1 for r in records if r.get("status") != "ok" and task in ("all", r["task"]))
         base_acc = np.nan
+        has_base = bool(items) and all("-1" in r["correct"] for r in items)
         for v in variants:
             k = str(v)
             acc = low = high = np.nan
+            drop_low = drop_high = p_mcnemar = np.nan
+            n_discordant: int | None = None
             if settings.generate and items:
                 hits = sum(bool(r["correct"][k]) for r in items)
                 acc, (low, high) = hits / len(items), wilson_interval(hits, len(items))
+                if v == -1:
+                    drop_low, drop_high, p_mcnemar, n_discordant = 0.0, 0.0, 1.0, 0
+                elif has_base:
+                    drop_low, drop_high, p_mcnemar, n_discordant = _paired_drop(items, k, settings)
             lp = [float(r["gold_logprob"][k]) for r in items]
             m = bootstrap_mean_ci(lp, n_boot=settings.n_boot, seed=settings.seed) if lp else (np.nan,) * 3
             if v == -1:
@@ -145,9 +259,13 @@ def ablation_table(records: list[dict[str, Any]], adapter: Any, variants: Sequen
             rows.append({"task": task, "layer": v, "unified_layer": adapter.unified_index("llm", v) if v >= 0 else None,
                          "n": len(items), "n_failed": n_failed, "accuracy": acc, "accuracy_low": low,
                          "accuracy_high": high, "gold_logprob": m[0], "gold_logprob_low": m[1],
-                         "gold_logprob_high": m[2], "accuracy_drop": base_acc - acc if v >= 0 else 0.0})
+                         "gold_logprob_high": m[2], "accuracy_drop": base_acc - acc if v >= 0 else 0.0,
+                         "accuracy_drop_low": drop_low, "accuracy_drop_high": drop_high, "p_mcnemar": p_mcnemar,
+                         "n_discordant": n_discordant,
+                         "n_stopped_degenerate": sum(bool(r.get("stopped_degenerate", {}).get(k)) for r in items)})
     df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
     df["unified_layer"] = df["unified_layer"].astype("Int64")
+    df["n_discordant"] = df["n_discordant"].astype("Int64")
     return df
 
 
@@ -174,12 +292,14 @@ def run_ablation(model: str | os.PathLike[str] | ProbeModel, tasks: Sequence[str
     done = len(items) - len(todo)
     if progress is not None:
         progress(done, len(items))
-    if todo:  # a finished run is only re-tabulated: no weights loaded
-        pm = model if isinstance(model, ProbeModel) else open_model(model, dtype=dtype, device=device)
+    pm: ProbeModel | None = model if isinstance(model, ProbeModel) else None
+    if todo and pm is None:  # a finished run is only re-tabulated: no weights loaded
+        pm = open_model(model, dtype=dtype, device=device)
     per_group = max(1, settings.batch_size // len(variants))
     for start in range(0, len(todo), per_group):
         group = todo[start:start + per_group]
         results: list[Any]
+        assert pm is not None
         try:
             results = ablate_items(pm.model, pm.processor, pm.adapter, group, variants, settings)
         except (FrankenlabError, RuntimeError, ValueError, OSError) as exc:
@@ -207,12 +327,16 @@ def run_ablation(model: str | os.PathLike[str] | ProbeModel, tasks: Sequence[str
     records = [r for r in store.records() if r["key"] in wanted]
     table = ablation_table(records, adapter, variants, settings)
     failed = [r for r in records if r["status"] != "ok"]
+    lengths = {k: resolve_max_new_tokens(settings.max_new_tokens, k) for k in sorted({item_kind(it) for it in items})}
     manifest = finish(
         out_dir, NAME, key, {"ablation_layers": (table, ABLATION_COLUMNS)},
         manifest_args={**settings.model_dump(), "model": path, "tasks": list(tasks), "limit": limit},
         inputs=inputs,
         extra={"n_items": len(items), "n_ok": len(records) - len(failed), "n_failed": len(failed),
                "failed": [{"id": r["key"], "error": r["error"]} for r in failed],
+               "decoding": probe_decoding(pm, path, lengths, out_dir) if settings.generate else None,
+               "stop_degenerate": (f"a row ends when its answer ends in one token or n-gram (<= {MAX_PERIOD} tokens) "
+                                   f"repeated {settings.stop_degenerate} times" if settings.stop_degenerate else None),
                "skip": "decoder layer output := its input (attention and MLP contribute zero; residual passes)",
                "layer": "-1 = unablated baseline; unified_layer = layer + 1"},
         plots=(lambda d: ablation_plots(table, d)) if plots else None,

@@ -8,6 +8,8 @@ image tokens, averaged over those rows. `vision_share` counts the image tokens o
   and RL see identical tokens;
 * ``own`` — teacher-forced on each model's own greedy response.
 Only the needed rows of softmax(QKᵀ) are computed (`hooks.record_attention`), never a full map.
+Own responses decode as eval does (greedy, generation_config neutralised, answer length per item kind
+unless given); the manifest's ``decoding`` entry records it per model.
 """
 
 from __future__ import annotations
@@ -38,11 +40,22 @@ from frankenlab.probe.run import (
     finish,
     first_per_task,
     open_model,
+    probe_decoding,
 )
 from frankenlab.probe.store import ItemStore
 from frankenlab.probe.tasks import MathItem, load_math_tasks
-from frankenlab.runtime.generate import GenerationSettings, HFBackend, Prompt, encode, to_model, tokenizer_of
+from frankenlab.runtime.generate import (
+    GenerationSettings,
+    HFBackend,
+    Prompt,
+    encode,
+    resolve_max_new_tokens,
+    to_model,
+    tokenizer_of,
+    without_checkpoint_generation_config,
+)
 from frankenlab.stats import bootstrap_mean_ci, paired_bootstrap_diff
+from frankenlab.tasks.schema import kind_of
 
 __all__ = ["AttentionProbeSettings", "AttentionResult", "attention_tables", "generate_ids", "run_attention_probe",
            "vision_shares"]
@@ -65,7 +78,8 @@ class AttentionProbeSettings(BaseModel):
 
     shared_response: Literal["gold", "IN"] = Field(
         "gold", description="Response both models are teacher-forced on: the gold answer, or IN's greedy response.")
-    max_new_tokens: int = Field(64, ge=1, description="Length limit of each model's own greedy response.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Length limit of each model's own greedy response; "
+                                       "None = the per-kind default (runtime.generate.DEFAULT_MAX_NEW_TOKENS).")
     batch_size: int = Field(8, ge=1, description="Prompts per generate batch.")
     system_prompt: str | None = Field(None, description="System prompt for every question.")
     n_boot: int = Field(1000, ge=1, description="Bootstrap resamples for every interval.")
@@ -114,13 +128,13 @@ def vision_shares(model: Any, processor: Any, adapter: Any, prompt: Prompt, resp
 
 def generate_ids(model: Any, processor: Any, prompts: Sequence[Prompt], max_new_tokens: int,
                  system_prompt: str | None = None) -> list[list[int]]:
-    """Greedy response token ids per prompt, up to and including the first stop token."""
+    """Greedy response token ids per prompt, up to and including the first stop token (eval's decoding)."""
     backend = HFBackend(model, processor, settings=GenerationSettings(max_new_tokens=max_new_tokens,
                                                                       system_prompt=system_prompt))
     kw = backend.generate_kwargs()
     stops = set(kw["eos_token_id"])
     inputs = to_model(model, encode(processor, list(prompts), system_prompt))
-    with torch.inference_mode():
+    with torch.inference_mode(), without_checkpoint_generation_config(model):
         seq = model.generate(**inputs, **kw)
     out = []
     for row in seq[:, inputs["input_ids"].shape[1]:].tolist():
@@ -209,6 +223,11 @@ def _describe(m: str | os.PathLike[str] | ProbeModel) -> tuple[Any, str, str, di
     return adapter, fingerprint, path, tokenizer_of(load_processor(path)).get_vocab()
 
 
+def item_kind(item: MathItem) -> str:
+    """perception / reasoning from the item's task name (probe pair tasks are perception)."""
+    return kind_of(task=item.task)
+
+
 def _measure_chunk(pm: ProbeModel, label: str, chunk: Sequence[MathItem], store: ItemStore,
                    settings: AttentionProbeSettings) -> list[dict[str, Any]]:
     """Records for one batch of items on one model: own responses generated together, then one forward each."""
@@ -223,17 +242,22 @@ def _measure_chunk(pm: ProbeModel, label: str, chunk: Sequence[MathItem], store:
             records[i].update(status="failed", error=f"{type(exc).__name__}: {exc}")
     own: dict[int, list[int]] = {}
     order = sorted(prompts)
-    try:
-        own = {} if not order else dict(zip(order, generate_ids(pm.model, pm.processor, [prompts[i] for i in order],
-                                           settings.max_new_tokens, settings.system_prompt)))
-    except (RuntimeError, ValueError) as exc:  # retry one by one to isolate the failing item
-        log.warning("batched generation failed (%s); retrying item by item", exc)
-        for i in order:
-            try:
-                own[i] = generate_ids(pm.model, pm.processor, [prompts[i]], settings.max_new_tokens,
-                                      settings.system_prompt)[0]
-            except (RuntimeError, ValueError) as one:
-                records[i].update(status="failed", error=f"{type(one).__name__}: {one}")
+    kinds = {i: item_kind(chunk[i]) for i in order}
+    for i in order:
+        records[i].update(kind=kinds[i], max_new_tokens=resolve_max_new_tokens(settings.max_new_tokens, kinds[i]))
+    for kind in sorted(set(kinds.values())):  # one answer length per generate batch
+        mine = [i for i in order if kinds[i] == kind]
+        limit = resolve_max_new_tokens(settings.max_new_tokens, kind)
+        try:
+            own.update(zip(mine, generate_ids(pm.model, pm.processor, [prompts[i] for i in mine], limit,
+                                              settings.system_prompt)))
+        except (RuntimeError, ValueError) as exc:  # retry one by one to isolate the failing item
+            log.warning("batched generation failed (%s); retrying item by item", exc)
+            for i in mine:
+                try:
+                    own[i] = generate_ids(pm.model, pm.processor, [prompts[i]], limit, settings.system_prompt)[0]
+                except (RuntimeError, ValueError) as one:
+                    records[i].update(status="failed", error=f"{type(one).__name__}: {one}")
     for i in order:
         if i not in own:
             continue
@@ -286,14 +310,20 @@ def run_attention_probe(in_model: str | os.PathLike[str] | ProbeModel, rl_model:
     store = ItemStore(out_dir, NAME, key, overwrite=overwrite, final_names=tuple(
         f"attention_{t}.{ext}" for t in ("layers", "heads", "diff") for ext in ("csv", "parquet")))
     total, done = 2 * len(items), 0
+    lengths = {k: resolve_max_new_tokens(settings.max_new_tokens, k) for k in sorted({item_kind(it) for it in items})}
+    decoding: dict[str, Any] = {}
     for label, source in (("IN", in_model), ("RL", rl_model)):
         todo = [it for it in items if f"{label}/{it.key}" not in store.done]
         done += len(items) - len(todo)
         if progress is not None:
             progress(done, total)
+        path_of = path_in if label == "IN" else path_rl
         if not todo:
+            decoding[label] = probe_decoding(source if isinstance(source, ProbeModel) else None, path_of, lengths,
+                                             out_dir, label)
             continue
         pm = source if isinstance(source, ProbeModel) else open_model(source, dtype=dtype, device=device)
+        decoding[label] = probe_decoding(pm, path_of, lengths, out_dir, label)
         for start in range(0, len(todo), settings.batch_size):
             chunk = todo[start:start + settings.batch_size]
             for record in _measure_chunk(pm, label, chunk, store, settings):
@@ -316,6 +346,7 @@ def run_attention_probe(in_model: str | os.PathLike[str] | ProbeModel, rl_model:
         inputs=inputs,
         extra={"n_items": len(items), "n_failed": len(failed),
                "failed": [{"key": r["key"], "error": r["error"]} for r in failed],
+               "decoding": decoding,
                "vision_share": "image tokens only, vision start/end markers excluded",
                "vision_share_markers": "image tokens plus vision start/end markers",
                "query_rows": "the positions predicting the response tokens (last prompt token, response 1..T-1)",

@@ -7,6 +7,14 @@ unswapped source (same length, so it rides along for free), and row L swaps the 
 layers ≥ L ("suffix", the paper's semantics) or at L only ("single"). The swap rewrites the prefill,
 and with it the cache; decode steps neither append nor re-swap anything.
 
+The source must give the target's visual layout: the same image-token positions *and* the same patch
+grid (`image_grid_thw` for Qwen-VL, whose multimodal rotary positions follow the grid; two images of
+different aspect ratios can have the same token count on different grids). Otherwise the source is
+resized to the target's size and re-encoded (`resized`).
+
+Decoding is eval's: greedy, the checkpoint's generation_config neutralised, answer length
+``max_new_tokens`` or the per-kind default (probe tasks are perception items).
+
 Decoding-free score: the log-probability margin log p(source answer) − log p(target answer) at the
 first answer token where the two answers' tokenizations differ (teacher-forcing their shared
 prefix, if any, under the same swap).
@@ -27,7 +35,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from frankenlab.errors import ProbeError
 from frankenlab.probe.hooks import VisualKV, capture_kv, swap_visual_kv
 from frankenlab.probe.run import append_tokens, repeat_rows
-from frankenlab.runtime.generate import GenerationSettings, HFBackend, Prompt, encode, to_model, tokenizer_of
+from frankenlab.runtime.generate import (
+    GenerationSettings,
+    HFBackend,
+    Prompt,
+    encode,
+    resolve_max_new_tokens,
+    to_model,
+    tokenizer_of,
+    without_checkpoint_generation_config,
+)
 
 __all__ = [
     "SwapResult",
@@ -41,6 +58,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: Processor outputs that describe an image's patch layout; source and target must agree on each present.
+GRID_KEYS = ("image_grid_thw", "image_sizes")
 
 
 class VisionProbeSettings(BaseModel):
@@ -50,7 +69,8 @@ class VisionProbeSettings(BaseModel):
 
     mode: Literal["suffix", "single"] = Field("suffix", description="suffix: swap at layers >= L; single: at L only.")
     layers: tuple[int, ...] | None = Field(None, description="Decoder layers L to probe (0-based); None = all.")
-    max_new_tokens: int = Field(16, ge=1, description="Greedy answer length limit.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Greedy answer length limit; None = the per-kind "
+                                       "default (runtime.generate.DEFAULT_MAX_NEW_TOKENS).")
     layer_batch: int = Field(8, ge=1, description="Rows (layer variants) per batched target pass.")
     system_prompt: str | None = Field(None, description="System prompt for every question (None: the template's).")
     n_boot: int = Field(1000, ge=1, description="Bootstrap resamples for the margin interval.")
@@ -132,6 +152,23 @@ def _image_positions(inputs: dict[str, Any], image_id: int) -> torch.Tensor:
     return (inputs["input_ids"][0] == image_id).nonzero().flatten()
 
 
+def _same_layout(a: dict[str, Any], b: dict[str, Any], image_id: int) -> bool:
+    """Same prompt length, image-token positions and patch grid (every key of GRID_KEYS either has)."""
+    if a["input_ids"].shape != b["input_ids"].shape:
+        return False
+    if not torch.equal(_image_positions(a, image_id), _image_positions(b, image_id)):
+        return False
+    for key in GRID_KEYS:
+        x, y = a.get(key), b.get(key)
+        if (x is None) != (y is None):
+            return False
+        if isinstance(x, torch.Tensor) and not (isinstance(y, torch.Tensor) and torch.equal(x.cpu(), y.cpu())):
+            return False
+        if x is not None and not isinstance(x, torch.Tensor) and x != y:
+            return False
+    return True
+
+
 def _answer_ids(tok: Any, target: str, source: str) -> tuple[list[int], int, int] | None:
     """(shared prefix ids, first differing target id, first differing source id); None if one answer's
     tokens are a prefix of the other's ("1" vs "12": no single token decides between them)."""
@@ -146,13 +183,17 @@ def _answer_ids(tok: Any, target: str, source: str) -> tuple[list[int], int, int
 
 
 def swap_pair(model: Any, processor: Any, adapter: Any, target_image: Image.Image, source_image: Image.Image,
-              prompt: str, target_answer: str, source_answer: str, settings: VisionProbeSettings) -> SwapResult:
-    """Answer `prompt` about the target with the source's image K/V swapped in, for every layer variant."""
+              prompt: str, target_answer: str, source_answer: str, settings: VisionProbeSettings, *,
+              kind: str = "perception") -> SwapResult:
+    """Answer `prompt` about the target with the source's image K/V swapped in, for every layer variant.
+
+    ``kind`` (perception / reasoning) picks the answer length when ``settings.max_new_tokens`` is None.
+    """
     image_id = image_token_id(model)
     tok = tokenizer_of(processor)
     n_layers = len(adapter.decoder_layers(model))
     gen = HFBackend(model, processor, settings=GenerationSettings(
-        max_new_tokens=settings.max_new_tokens, system_prompt=settings.system_prompt))
+        max_new_tokens=resolve_max_new_tokens(settings.max_new_tokens, kind), system_prompt=settings.system_prompt))
     kw = {**gen.generate_kwargs(), "return_dict_in_generate": True, "output_logits": True}
 
     def enc(image: Image.Image) -> dict[str, Any]:
@@ -161,16 +202,16 @@ def swap_pair(model: Any, processor: Any, adapter: Any, target_image: Image.Imag
     target = enc(target_image)
     source = enc(source_image)
     t_pos = _image_positions(target, image_id)
-    resized = False
-    if _image_positions(source, image_id).numel() != t_pos.numel():
-        source = enc(source_image.resize(target_image.size, Image.Resampling.BICUBIC))
-        resized = True
     if t_pos.numel() == 0:
         raise ProbeError("the target prompt holds no image tokens; check the processor and chat template.")
-    if not torch.equal(_image_positions(source, image_id), t_pos) or source["input_ids"].shape != target[
-            "input_ids"].shape:
-        raise ProbeError("source and target prompts place their image tokens differently even after resizing; "
-                         "use images of the same size and one prompt.")
+    resized = False
+    if not _same_layout(source, target, image_id):  # token count or patch grid differ: match the target's size
+        source = enc(source_image.resize(target_image.size, Image.Resampling.BICUBIC))
+        resized = True
+    if not _same_layout(source, target, image_id):
+        raise ProbeError("source and target prompts place their image tokens (or patch grids) differently even "
+                         "after resizing the source to the target's size; use images of the same size and one "
+                         "prompt.")
     src = capture_source(model, adapter, source, t_pos)
     scored = _answer_ids(tok, target_answer, source_answer)
     prefix = scored[0] if scored is not None else []
@@ -184,7 +225,8 @@ def swap_pair(model: Any, processor: Any, adapter: Any, target_image: Image.Imag
         chunk = rows[start:start + settings.layer_batch]
         inputs = repeat_rows([source if name == "source" else target for name, _ in chunk])
         plan = [swapped for _, swapped in chunk]
-        with torch.inference_mode(), swap_visual_kv(model, adapter, src, plan) as state:
+        with (torch.inference_mode(), without_checkpoint_generation_config(model),
+              swap_visual_kv(model, adapter, src, plan) as state):
             out = model.generate(**inputs, **kw)
             if any(v != 1 for v in state.applied.values()):
                 raise ProbeError(f"the swap ran {state.applied} times per layer in one generation; expected once.")

@@ -1,11 +1,17 @@
-"""What every probe run shares: opening a checkpoint for probing, hashing inputs, finishing outputs."""
+"""What every probe run shares: opening a checkpoint for probing, hashing inputs, decoding, finishing outputs.
+
+Probes decode exactly as eval does: greedy, the checkpoint's generation_config neutralised
+(`runtime.generate.without_checkpoint_generation_config`), stops from the tokenizer, answer length per
+item kind unless given; `probe_decoding` records all of it in the manifest.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +23,7 @@ from frankenlab.io import write_table
 from frankenlab.manifest import build_manifest, mark_done, write_manifest
 
 __all__ = ["ProbeModel", "ProgressFn", "append_tokens", "describe_model", "file_digest", "finish", "first_per_task",
-           "open_model", "repeat_rows"]
+           "open_model", "probe_decoding", "repeat_rows"]
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]  # (items finished so far, items in total)
@@ -58,6 +64,45 @@ def describe_model(m: str | os.PathLike[str] | ProbeModel) -> tuple[Any, str, st
 
     with Checkpoint(m) as c:
         return c.adapter, c.fingerprint, str(c.root)
+
+
+def _checkpoint_generation_config(pm: ProbeModel | None, path: str) -> Any:
+    """The checkpoint's own GenerationConfig: the loaded model's, else generation_config.json beside it."""
+    if pm is not None:
+        return getattr(pm.model, "generation_config", None)
+    if not (Path(path) / "generation_config.json").is_file():
+        return None
+    from transformers import GenerationConfig
+
+    return GenerationConfig.from_pretrained(path)
+
+
+def probe_decoding(pm: ProbeModel | None, path: str, lengths: Mapping[str, int], out_dir: Path,
+                   label: str | None = None) -> dict[str, Any]:
+    """The manifest's ``decoding`` entry: greedy, ``lengths`` (max_new_tokens per item kind), the generate
+    arguments, the neutralised generation_config and the checkpoint's own (recorded, not applied).
+
+    Without a loaded model (a finished run re-tabulated) the earlier manifest's entry is kept when it has one
+    (``decoding[label]`` for probes of several models).
+    """
+    from frankenlab.runtime.generate import GenerationSettings, HFBackend, decoding_record
+
+    if pm is None:
+        prev = out_dir / "manifest.json"
+        old = None
+        if prev.is_file():
+            try:
+                old = json.loads(prev.read_text()).get("decoding")
+                old = old.get(label) if isinstance(old, dict) and label is not None else old
+            except json.JSONDecodeError as exc:
+                log.warning("%s is not JSON (%s); the decoding entry is rebuilt without generate arguments", prev, exc)
+        if isinstance(old, dict) and old.get("max_new_tokens") == dict(lengths):
+            return old
+        kwargs = None
+    else:
+        kwargs = HFBackend(pm.model, pm.processor, settings=GenerationSettings(max_new_tokens=1)).generate_kwargs()
+        kwargs.pop("max_new_tokens")
+    return decoding_record(kwargs, dict(lengths), _checkpoint_generation_config(pm, path))
 
 
 def first_per_task(rows: list[Any], limit: int | None, task: Callable[[Any], str]) -> list[Any]:

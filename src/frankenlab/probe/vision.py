@@ -2,13 +2,18 @@
 
 Metrics per task × decoder layer L (over the items that finished; failures are counted in
 `n_failed` and listed in the manifest):
-* change_rate — the swapped answer differs from the unswapped target answer;
+* change_rate — the swapped answer differs from the unswapped target answer, over the items whose
+  unswapped answer is not empty (an empty answer matches nothing, so it would count as "changed" at
+  every layer); those items are counted in `n_empty_base` and still count in the other rates;
 * flip_rate — the swapped answer equals the source's gold answer (`meta.source_answer`);
 * flip_own_rate — the swapped answer equals the model's own unswapped answer about the source;
 * accuracy — the swapped answer equals the target's gold answer;
 each with a Wilson 95 % interval; margin — mean log p(source) − log p(target) on the first
 differing answer token, with a bootstrap interval, over the items where such a token exists
 (`n_margin`; not when one answer's tokens are a prefix of the other's). Task "all" pools the tasks.
+
+Decoding (greedy, generation_config neutralised, answer length per item kind) is recorded in the
+manifest's ``decoding`` entry; each item keeps its ``kind`` and ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -35,9 +40,12 @@ from frankenlab.probe.run import (
     finish,
     first_per_task,
     open_model,
+    probe_decoding,
 )
 from frankenlab.probe.store import ItemStore
+from frankenlab.runtime.generate import resolve_max_new_tokens
 from frankenlab.stats import bootstrap_mean_ci, wilson_interval
+from frankenlab.tasks.schema import kind_of
 
 __all__ = ["VISION_COLUMNS", "VisionResult", "run_vision_probe", "vision_table"]
 
@@ -48,6 +56,7 @@ VISION_COLUMNS = [
     "change_rate", "change_low", "change_high", "flip_rate", "flip_low", "flip_high",
     "accuracy", "accuracy_low", "accuracy_high", "margin", "margin_low", "margin_high", "n_margin",
     "flip_own_rate", "flip_own_low", "flip_own_high", "baseline_accuracy", "baseline_margin", "n_resized",
+    "n_empty_base",
 ]
 
 
@@ -82,10 +91,11 @@ def vision_table(records: list[dict[str, Any]], adapter: Any, settings: VisionPr
         base_acc = float(np.mean([same_answer(a["base"], g) for a, g in zip(norm, gold_t)])) if items else np.nan
         finite = [float(r["margins"]["base"]) for r in items if r["margins"]["base"] is not None]
         base_margin = float(np.mean(finite)) if finite else np.nan
+        answered = [a["base"].kind != "empty" for a in norm]
         for L, _ in layer_variants(n_layers, settings.layers, settings.mode):
             k = str(L)
             ans = [a[k] for a in norm]
-            change = _rate([not same_answer(x, a["base"]) for x, a in zip(ans, norm)])
+            change = _rate([not same_answer(x, a["base"]) for x, a, ok in zip(ans, norm, answered) if ok])
             flip = _rate([same_answer(x, g) for x, g in zip(ans, gold_s)])
             flip_own = _rate([same_answer(x, a["source"]) for x, a in zip(ans, norm)])
             acc = _rate([same_answer(x, g) for x, g in zip(ans, gold_t)])
@@ -101,6 +111,7 @@ def vision_table(records: list[dict[str, Any]], adapter: Any, settings: VisionPr
                 "flip_own_rate": flip_own[0], "flip_own_low": flip_own[1], "flip_own_high": flip_own[2],
                 "baseline_accuracy": base_acc, "baseline_margin": base_margin,
                 "n_resized": sum(1 for r in items if r.get("resized")),
+                "n_empty_base": answered.count(False),
             })
     return pd.DataFrame(rows, columns=VISION_COLUMNS)
 
@@ -133,18 +144,21 @@ def run_vision_probe(model: str | os.PathLike[str] | ProbeModel, pairs: str | os
     done = len(rows) - len(todo)
     if progress is not None:
         progress(done, len(rows))
-    pm: ProbeModel | None = None
-    if todo:  # a finished run is only re-tabulated: no weights loaded
-        pm = model if isinstance(model, ProbeModel) else open_model(model, dtype=dtype, device=device)
+    pm: ProbeModel | None = model if isinstance(model, ProbeModel) else None
+    if todo and pm is None:  # a finished run is only re-tabulated: no weights loaded
+        pm = open_model(model, dtype=dtype, device=device)
+    kinds = {row["id"]: kind_of(task=row["task"], meta=row["meta"]) for row in rows}
     for row in todo:
         assert pm is not None
         meta = row["meta"]
+        kind = kinds[row["id"]]
         record: dict[str, Any] = {"key": row["id"], "id": row["id"], "task": row["task"],
-                                  "target_answer": meta["target_answer"], "source_answer": meta["source_answer"]}
+                                  "target_answer": meta["target_answer"], "source_answer": meta["source_answer"],
+                                  "kind": kind, "max_new_tokens": resolve_max_new_tokens(settings.max_new_tokens, kind)}
         try:
             with Image.open(row["target_image"]) as t_img, Image.open(row["source_image"]) as s_img:
                 res = swap_pair(pm.model, pm.processor, pm.adapter, t_img.convert("RGB"), s_img.convert("RGB"),
-                                row["prompt"], meta["target_answer"], meta["source_answer"], settings)
+                                row["prompt"], meta["target_answer"], meta["source_answer"], settings, kind=kind)
             margins = {k: (v if math.isfinite(v) else None) for k, v in res.margins.items()}  # JSON has no NaN
             record.update(status="ok", answers=res.answers, margins=margins, resized=res.resized,
                           n_image_tokens=res.n_image_tokens, margin_prefix=res.margin_prefix)
@@ -161,14 +175,16 @@ def run_vision_probe(model: str | os.PathLike[str] | ProbeModel, pairs: str | os
     failed = [r for r in records if r["status"] != "ok"]
     resized = sum(1 for r in records if r.get("resized"))
     if resized:
-        log.warning("%d pairs had different visual-token counts; their source images were resized to the target's "
-                    "size before encoding", resized)
+        log.warning("%d pairs had different visual-token counts or patch grids; their source images were resized "
+                    "to the target's size before encoding", resized)
+    lengths = {k: resolve_max_new_tokens(settings.max_new_tokens, k) for k in sorted(set(kinds.values()))}
     manifest = finish(
         out_dir, NAME, key, {"vision_layers": (table, VISION_COLUMNS)},
         manifest_args={**settings.model_dump(), "model": path, "pairs": str(pairs), "limit": limit},
         inputs=inputs,
         extra={"n_items": len(rows), "n_ok": len(records) - len(failed), "n_failed": len(failed),
                "failed": [{"id": r["id"], "error": r["error"]} for r in failed], "n_resized": resized,
+               "decoding": probe_decoding(pm, path, lengths, out_dir),
                "swap": "prefill only; cache holds the swapped image K/V; decode steps append only new tokens",
                "unified_layer": "LLM decoder layer k has unified index k + 1"},
         plots=(lambda d: vision_plots(table, d)) if plots else None,

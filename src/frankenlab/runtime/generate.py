@@ -4,14 +4,26 @@ The Hugging Face backend renders the model's own chat template (the system promp
 guessed from a model name), left-pads batches, passes every tensor the processor returns (Qwen-VL
 needs `mm_token_type_ids`, or it silently falls back to 1-D positions) and suppresses vision special
 tokens, since a sampled `<|image_pad|>` crashes the next forward pass.
+
+Answer length: an explicit ``max_new_tokens`` always wins; ``None`` means the per-kind default of
+:data:`DEFAULT_MAX_NEW_TOKENS` (perception items answer in a few tokens, reasoning items only after
+hundreds of reasoning tokens), resolved per item kind (`frankenlab.tasks.schema.kind_of`) by the caller.
+Stops are the tokenizer's own end tokens, never the checkpoint's generation_config, so two checkpoints
+of one model (IN and RL) stop on the same tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import copy
+import dataclasses
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
+
+from frankenlab.errors import FrankenlabError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -20,6 +32,24 @@ VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video
                  "<image>", "<video>")
 _CONFIG_TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
                      "image_token_index")
+
+#: Default answer-length limit per item kind, used wherever ``max_new_tokens`` is None (the one table).
+#: Perception: counting, OCR, grounding, recognition, colour, shape, locate, multiple choice — a short answer.
+#: Reasoning: math word problems and anything whose item or task says it is reasoning — a 7B reasoning
+#: model writes hundreds of tokens before its answer, and a cut-off answer is graded wrong.
+DEFAULT_MAX_NEW_TOKENS: Mapping[str, int] = MappingProxyType({"perception": 256, "reasoning": 1024})
+
+
+def resolve_max_new_tokens(explicit: int | None, kind: str) -> int:
+    """``explicit`` when given, else the default of ``kind`` (a key of :data:`DEFAULT_MAX_NEW_TOKENS`)."""
+    if explicit is not None:
+        if int(explicit) != explicit or explicit < 1:
+            raise FrankenlabError(f"max_new_tokens must be a positive integer or None (per-kind default), got "
+                                  f"{explicit!r}.")
+        return int(explicit)
+    if kind not in DEFAULT_MAX_NEW_TOKENS:
+        raise FrankenlabError(f"unknown item kind {kind!r}; expected one of {sorted(DEFAULT_MAX_NEW_TOKENS)}.")
+    return DEFAULT_MAX_NEW_TOKENS[kind]
 
 
 @dataclass(frozen=True)
@@ -32,9 +62,13 @@ class Prompt:
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Everything that changes an answer; recorded with results."""
+    """Everything that changes an answer; recorded with results.
 
-    max_new_tokens: int = 16
+    ``max_new_tokens=None`` stands for the per-kind default; resolve it with :meth:`for_kind` (or
+    :func:`backend_for_kind`) before generating.
+    """
+
+    max_new_tokens: int | None = 16
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -44,6 +78,10 @@ class GenerationSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def for_kind(self, kind: str) -> GenerationSettings:
+        """These settings with ``max_new_tokens`` resolved for items of ``kind`` (an explicit value is kept)."""
+        return dataclasses.replace(self, max_new_tokens=resolve_max_new_tokens(self.max_new_tokens, kind))
 
 
 class Backend(Protocol):
@@ -71,6 +109,7 @@ def suppressed_ids(processor: Any, config: Any = None) -> list[int]:
 
 
 def stop_ids(processor: Any, model: Any = None) -> list[int]:
+    """End tokens of the tokenizer (and, only when ``model`` is given, its generation_config's eos ids)."""
     tok = tokenizer_of(processor)
     vocab = tok.get_vocab()
     ids: set[int] = {vocab[t] for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if t in vocab}
@@ -138,23 +177,30 @@ def to_model(model: Any, batch: Any) -> dict[str, Any]:
 
 
 class HFBackend:
-    """Batched `model.generate` on an already-loaded transformers model (in-memory merges welcome)."""
+    """Batched `model.generate` on an already-loaded transformers model (in-memory merges welcome).
+
+    Stops on the tokenizer's end tokens; ``checkpoint_eos=True`` adds the checkpoint generation_config's
+    eos ids (only for runs that apply that config, e.g. eval's ``--use-generation-config``).
+    """
 
     name = "hf"
 
     def __init__(self, model: Any, processor: Any, *, settings: GenerationSettings | None = None,
-                 **overrides: Any) -> None:
+                 checkpoint_eos: bool = False, **overrides: Any) -> None:
         base = settings or GenerationSettings()
         self.settings = GenerationSettings(**{**base.to_dict(), **overrides})
         self.model = model
         self.processor = processor
         self._suppress = suppressed_ids(processor, getattr(model, "config", None))
-        self._stop = stop_ids(processor, model)
+        self._stop = stop_ids(processor, model if checkpoint_eos else None)
         tok = tokenizer_of(processor)
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else (self._stop[0] if self._stop else 0)
 
     def generate_kwargs(self) -> dict[str, Any]:
         s = self.settings
+        if s.max_new_tokens is None:
+            raise FrankenlabError("max_new_tokens is None (the per-kind default) and was not resolved; use "
+                                  "settings.for_kind(kind) or backend_for_kind(backend, kind) before generating.")
         kw: dict[str, Any] = {"max_new_tokens": s.max_new_tokens, "do_sample": s.do_sample,
                               "eos_token_id": self._stop, "pad_token_id": self._pad}
         if self._suppress:
@@ -184,22 +230,71 @@ class HFBackend:
         return [s.strip() for s in out]
 
 
+def backend_for_kind(backend: Any, kind: str) -> Any:
+    """``backend`` itself when its ``max_new_tokens`` is explicit, else a shallow copy resolved for ``kind``.
+
+    Works for any backend with a ``settings`` attribute read at generate time (HF, vLLM); the copy shares
+    the model.
+    """
+    settings = backend.settings
+    if settings.max_new_tokens is not None:
+        return backend
+    clone = copy.copy(backend)
+    clone.settings = settings.for_kind(kind)
+    return clone
+
+
+def neutral_generation_config(config: Any) -> Any:
+    """transformers' defaults with only the token ids (bos/eos/pad/decoder start) of ``config`` kept."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=getattr(config, "bos_token_id", None), eos_token_id=getattr(config, "eos_token_id", None),
+        pad_token_id=getattr(config, "pad_token_id", None),
+        decoder_start_token_id=getattr(config, "decoder_start_token_id", None))
+
+
+def generation_config_dict(config: Any) -> dict[str, Any] | None:
+    """The non-default fields of a GenerationConfig as plain JSON values (None for no config), without the
+    transformers version that wrote it (the manifest records versions)."""
+    if config is None:
+        return None
+    out = json.loads(config.to_json_string(use_diff=True))
+    out.pop("transformers_version", None)
+    return out
+
+
 @contextlib.contextmanager
 def without_checkpoint_generation_config(model: Any) -> Iterator[None]:
     """Generate with transformers' defaults plus explicit settings only, then restore the model's config.
 
     `model.generate` fills every argument left unset from `model.generation_config` (repetition penalty,
-    top-k, suppressed tokens, ...), so a checkpoint's generation_config.json silently changes answers.
-    Inside this block only the token ids (bos/eos/pad) are kept from it.
+    top-k, suppressed tokens, ...), so a checkpoint's generation_config.json silently changes answers,
+    and IN and RL may ship different ones. Inside this block only the token ids (bos/eos/pad) are kept
+    from it (and the explicit ``eos_token_id`` every caller passes overrides those).
     """
-    from transformers import GenerationConfig
-
     old = model.generation_config
-    model.generation_config = GenerationConfig(
-        bos_token_id=getattr(old, "bos_token_id", None), eos_token_id=getattr(old, "eos_token_id", None),
-        pad_token_id=getattr(old, "pad_token_id", None),
-        decoder_start_token_id=getattr(old, "decoder_start_token_id", None))
+    model.generation_config = neutral_generation_config(old)
     try:
         yield
     finally:
         model.generation_config = old
+
+
+def decoding_record(generate_kwargs: Mapping[str, Any] | None, max_new_tokens: Mapping[str, int] | int | None,
+                    checkpoint_config: Any) -> dict[str, Any]:
+    """What decided the answers, for a manifest: greedy or not, lengths, stops, the configs used and ignored.
+
+    ``checkpoint_config`` is the checkpoint's own GenerationConfig (None when it has none); the
+    neutralised config is what `without_checkpoint_generation_config` installs in its place.
+    """
+    kw = dict(generate_kwargs or {})
+    keep = ("do_sample", "eos_token_id", "pad_token_id", "suppress_tokens", "temperature", "top_p", "top_k")
+    neutral = neutral_generation_config(checkpoint_config) if checkpoint_config is not None else None
+    return {"greedy": not kw.get("do_sample", False),
+            "max_new_tokens": dict(max_new_tokens) if isinstance(max_new_tokens, Mapping) else max_new_tokens,
+            "max_new_tokens_defaults": dict(DEFAULT_MAX_NEW_TOKENS),
+            "generate_kwargs": {k: kw[k] for k in keep if k in kw},
+            "generation_config": generation_config_dict(neutral) or {},
+            "checkpoint_generation_config": generation_config_dict(checkpoint_config),
+            "checkpoint_generation_config_applied": False}

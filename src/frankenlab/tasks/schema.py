@@ -4,6 +4,9 @@ One format for every source: JSONL and Parquet rows, Hugging Face dataset rows (
 :mod:`frankenlab.tasks.registry`) and the mini-world's exported tasks all become :class:`TaskItem`s, so the
 evaluation loop never guesses at fields. ``answer_type`` is normalized to the grading vocabulary
 (``mcq``, ``numeric``, ``text``, ``math`` or None = infer) so that ``grade`` gets what it understands.
+
+Every item has a *kind*, ``perception`` or ``reasoning`` (:func:`kind_of`), which picks its default answer
+length (`frankenlab.runtime.generate.DEFAULT_MAX_NEW_TOKENS`) when no explicit ``max_new_tokens`` is given.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from PIL import Image
 
 from frankenlab.errors import TaskError
 
-__all__ = ["ANSWER_TYPE_ALIASES", "CORE_FIELDS", "Task", "TaskItem", "item_from_row", "normalize_answer_type"]
+__all__ = ["ANSWER_TYPE_ALIASES", "CORE_FIELDS", "ITEM_KINDS", "Task", "TaskItem", "item_from_row", "kind_of",
+           "normalize_answer_type"]
 
 #: Accepted spellings of an answer type → the grading vocabulary (None lets the grader infer).
 ANSWER_TYPE_ALIASES: Mapping[str, str | None] = MappingProxyType({
@@ -33,6 +37,46 @@ ANSWER_TYPE_ALIASES: Mapping[str, str | None] = MappingProxyType({
 })
 CORE_FIELDS = ("id", "question", "image", "choices", "answer", "answer_type", "description")
 _IN_MEMORY = "<in-memory>"
+
+#: Item kinds; ``meta["kind"]`` may name one explicitly.
+ITEM_KINDS = ("perception", "reasoning")
+#: Metadata fields whose words say what an item is (mini-world ``ability``/``family``, MathVista ``category``, ...).
+_KIND_FIELDS = ("ability", "category", "family", "task", "subject", "skills", "question_type")
+_REASONING_WORDS = re.compile(r"reason|math|arith|gsm|geometr|algebra|logic|calcul|proof|puzzle|word[ _-]?problem",
+                              re.IGNORECASE)
+_PERCEPTION_WORDS = re.compile(r"percept|count|ocr|ground|recogn|colou?r|shape|locat|detect|\bread", re.IGNORECASE)
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        return " ".join(str(v) for v in (value.tolist() if hasattr(value, "tolist") else value))
+    return ""
+
+
+def kind_of(*, task: str | None = None, meta: Mapping[str, Any] | None = None, answer_type: str | None = None,
+            choices: Sequence[str] | None = None) -> str:
+    """``perception`` or ``reasoning``: what the item's own metadata, then its task's name, say it is.
+
+    In order: an explicit ``meta["kind"]``; reasoning words (math, arithmetic, reasoning, geometry, ...) in
+    the metadata fields of ``_KIND_FIELDS`` or the task name; ``answer_type == "math"``; perception words
+    (counting, OCR, grounding, recognition, colour, shape, locate, ...); multiple choice. Reasoning words win
+    over perception words ("count_arith" reasons about a count). An item that says nothing is *reasoning*:
+    a too-long budget only costs time, a too-short one cuts the answer off and grades it wrong.
+    """
+    meta = meta or {}
+    explicit = meta.get("kind")
+    if explicit is not None:
+        if explicit not in ITEM_KINDS:
+            raise TaskError(f"item kind {explicit!r} is unknown; use one of {list(ITEM_KINDS)} or leave it out.")
+        return str(explicit)
+    text = " ".join([*(_words(meta.get(k)) for k in _KIND_FIELDS), task or ""])
+    if _REASONING_WORDS.search(text) or answer_type == "math":
+        return "reasoning"
+    if _PERCEPTION_WORDS.search(text) or choices:
+        return "perception"
+    return "reasoning"
 
 
 def normalize_answer_type(value: Any, where: str) -> str | None:
@@ -60,6 +104,10 @@ class TaskItem:
     @property
     def has_image(self) -> bool:
         return self.image is not None
+
+    def kind(self, task: str | None = None) -> str:
+        """``perception`` or ``reasoning`` (:func:`kind_of`); ``task`` is the name of the task it belongs to."""
+        return kind_of(task=task, meta=self.meta, answer_type=self.answer_type, choices=self.choices)
 
     @property
     def image_ref(self) -> str | None:
@@ -213,6 +261,8 @@ def item_from_row(row: Mapping[str, Any], *, base: Path | None = None, where: st
     if description is not None and not isinstance(description, str):
         raise TaskError(f"{where}: 'description' must be a string or null, got {description!r}.")
     meta = {k: v for k, v in row.items() if k not in CORE_FIELDS}
+    if meta.get("kind") is not None and meta["kind"] not in ITEM_KINDS:
+        raise TaskError(f"{where}: 'kind' must be one of {list(ITEM_KINDS)} or null, got {meta['kind']!r}.")
     return TaskItem(id=item_id, question=question, answer=answer, answer_type=answer_type,
                     image=_image(row.get("image"), base, where), choices=choices,
                     description=description or None, meta=MappingProxyType(meta))
