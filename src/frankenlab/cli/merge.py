@@ -1,4 +1,4 @@
-"""`frankenlab merge`: Frankenstein checkpoints by block transplant or interpolation."""
+"""`frankenlab merge`: Frankenstein checkpoints by block transplant, interpolation or rank-K transplant."""
 
 from __future__ import annotations
 
@@ -33,15 +33,27 @@ def _dirname(name: str) -> str:
 
 def _print_plan(con: Console, plan, title: str) -> None:  # noqa: ANN001 - MergePlan, imported lazily
     t = Table(title=title)
-    for col in ("part", "layers/blocks", "source", "α", "tensors"):
+    ranked = bool(plan.recipe.rank)
+    for col in ("part", "layers/blocks", "source", "α", *(("rank",) if ranked else ()), "tensors"):
         t.add_column(col)
     for row in plan.summary():
         blocks = "" if row["first"] is None else (f"{row['first']}–{row['last']}" if row["last"] != row["first"]
                                                   else str(row["first"]))
         alpha = "" if row["alpha"] is None else f"{row['alpha']:g}"
-        source = row["source"] if row["alpha"] is None else "IN+α(RL−IN)"
-        t.add_row(_SECTION_NAMES.get(row["section"], row["section"]), blocks, source, alpha, str(row["tensors"]))
+        if row["rank"] is not None and row["truncated"]:
+            source = "IN+SVD_K(RL−IN)" if row["alpha"] is None else "IN+α·SVD_K(RL−IN)"
+        else:  # no rank, or one that keeps every delta of the row
+            source = row["source"] if row["alpha"] is None else "IN+α(RL−IN)"
+        rank_cell = "" if row["rank"] is None else str(row["rank"]) + ("" if row["truncated"] else " (full)")
+        rank = (rank_cell,) if ranked else ()
+        t.add_row(_SECTION_NAMES.get(row["section"], row["section"]), blocks, source, alpha, *rank,
+                  str(row["tensors"]))
     con.print(t)
+    for op in plan.operators():
+        if op["option"] == "rank":
+            con.print(f"--rank {op['region']}={op['rank']}: {op['truncated']} matrix(es) truncated to rank "
+                      f"{op['rank']}; {op['full_delta']} tensor(s) keep the full delta (1-D, or K ≥ min(rows, "
+                      "columns))", highlight=False, soft_wrap=True)
     for w in plan.warnings:
         con.print(f"[yellow]warning:[/yellow] {w}")
 
@@ -58,7 +70,11 @@ def merge_cmd(
     take: Annotated[list[str] | None, typer.Option(help="Explicit SOURCE:REGION, repeatable: RL:llm:9-27, "
                                                         "RL:projector, RL:vision, RL:embed, RL:lm_head.")] = None,
     alpha: Annotated[str | None, typer.Option(help="Interpolate W = IN + α(RL − IN) per region, e.g. "
-                                                   "'mid=0.5,late=1.0'.")] = None,
+                                                   "'mid=0.5,late=1.0'; α in [-1, 4], α > 1 extrapolates "
+                                                   "beyond RL (ExPO).")] = None,
+    rank: Annotated[str | None, typer.Option(help="Rank-K transplant W = IN + SVD_K(RL − IN) of every weight "
+                                                  "matrix of a region, e.g. 'late=8' (K ≥ 1; 1-D tensors and "
+                                                  "K ≥ min(rows, columns) keep the full delta).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output checkpoint directory (must not exist).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of named variants.")] = None,
     name: Annotated[str | None, typer.Option(help="Variant of --config to write.")] = None,
@@ -74,10 +90,12 @@ def merge_cmd(
     emit_mergekit: Annotated[Path | None, typer.Option(help="Also write an equivalent mergekit YAML here.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Validate and print the plan; write no checkpoint.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 2GiB, 5GB.")] = "2GiB",
-    threads: Annotated[int, typer.Option(help="torch intra-op threads for interpolation and --dtype casts "
-                                              "(1 is fastest on busy machines).")] = 1,
+    threads: Annotated[int, typer.Option(help="torch intra-op threads for interpolation, --dtype casts and "
+                                              "--rank SVDs (1 is fastest on busy machines; the SVD count is "
+                                              "recorded, since it changes the SVD's last bits).")] = 1,
 ) -> None:
-    """Frankenstein checkpoints: LLM blocks from IN or RL (or interpolated), everything else from --rest."""
+    """Frankenstein checkpoints: LLM blocks from IN or RL (interpolated, extrapolated or rank-K), the rest from
+    --rest."""
     from frankenlab.merge.recipe import STANDARD, Recipe, load_recipes  # torch-free: --list-standard stays fast
 
     con = Console()
@@ -92,9 +110,9 @@ def merge_cmd(
         raise RecipeError(f"missing {' and '.join(missing)}: give the IN and RL checkpoints "
                           "(or use --list-standard).")
     if config is not None:
-        if recipe or take or alpha or cuts or rest:
-            raise RecipeError("--config sets recipe, cuts, takes, alpha and rest per variant; do not combine it "
-                              "with --recipe/--take/--alpha/--cuts/--rest.")
+        if recipe or take or alpha or rank or cuts or rest:
+            raise RecipeError("--config sets recipe, cuts, takes, alpha, rank and rest per variant; do not combine "
+                              "it with --recipe/--take/--alpha/--rank/--cuts/--rest.")
         variants = load_recipes(config)
         if all_variants:
             chosen = list(variants.values())
@@ -110,7 +128,7 @@ def merge_cmd(
     else:
         if name is not None or all_variants:
             raise RecipeError("--name and --all need --config.")
-        chosen = [Recipe.parse(recipe, cuts=cuts, takes=take or [], alpha=alpha, rest=rest or "IN")]
+        chosen = [Recipe.parse(recipe, cuts=cuts, takes=take or [], alpha=alpha, rank=rank, rest=rest or "IN")]
     if out is None and not dry_run and emit_mergekit is None:
         raise RecipeError("missing --out: the directory to write the merged checkpoint to (or pass --dry-run).")
     shard_bytes = parse_size(max_shard_size)

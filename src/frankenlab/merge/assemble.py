@@ -3,8 +3,9 @@
 On disk (`write_merged`, `merge`): tensors stream into bounded shards inside a temporary sibling
 directory that is renamed into place only when everything (and `verify`, if asked) succeeded.
 Verbatim tensors are copied byte for byte in the kernel; interpolated or re-typed ones are computed
-in bounded chunks. Config, generation config, tokenizer, processor and chat-template files come
-from the rest model; `provenance.json` records every tensor's source.
+in bounded chunks; rank-K ones (a truncated SVD needs the whole matrix) one matrix at a time.
+Config, generation config, tokenizer, processor and chat-template files come from the rest model;
+`provenance.json` records every tensor's source.
 
 In memory (`assemble`): a model is loaded once (from the rest model) and later calls copy in only
 the tensors whose declared source differs from what the model holds, so a sweep over variants
@@ -108,6 +109,22 @@ def _copy_aux(rest: Checkpoint, tmp: Path, dtype: str | None) -> list[str]:
     return copied
 
 
+def svd_record(plan: MergePlan, threads: int) -> dict[str, Any] | None:
+    """What `--verify` (or anyone) needs to recompute the rank-K tensors bit for bit; None without any."""
+    if not any(t.rank_k is not None for t in plan.tensors):
+        return None
+    import torch
+
+    return {"function": "torch.linalg.svd", "full_matrices": False, "threads": threads, "torch": torch.__version__,
+            "truncated_tensors": sum(1 for t in plan.tensors if t.rank_k is not None)}
+
+
+def _svd_threads(threads: int | None) -> int:
+    import torch
+
+    return max(1, int(threads)) if threads is not None else torch.get_num_threads()
+
+
 def _shard_metadata(plan: MergePlan) -> dict[str, str]:
     return {"frankenlab_recipe": plan.recipe.spec(), "frankenlab_rest": plan.rest,
             "frankenlab_inputs": json.dumps(plan.inputs, sort_keys=True)}
@@ -118,7 +135,8 @@ def write_merged(plan: MergePlan, models: Mapping[str, Checkpoint], out: str | o
                  chunk_elems: int = DEFAULT_CHUNK_ELEMS, threads: int | None = 1) -> MergeResult:
     """Write `plan` as a Hugging Face checkpoint directory `out` (atomically; see module docstring).
 
-    `threads` caps torch's intra-op threads while computing (see `compute.intra_op_threads`).
+    `threads` caps torch's intra-op threads while computing (see `compute.intra_op_threads`); rank-K
+    tensors are computed with exactly that many (None: torch's current count), recorded in provenance.
     """
     from frankenlab.manifest import versions
 
@@ -127,13 +145,14 @@ def write_merged(plan: MergePlan, models: Mapping[str, Checkpoint], out: str | o
         if label not in models or models[label].fingerprint != fp:
             raise RecipeError(f"the plan was made for another {label} checkpoint; make the plan again.")
     rest = models[plan.rest]
+    svd_threads = _svd_threads(threads)
     t0 = time.perf_counter()
     target = Path(out)
     entered = False
     try:
         with atomic_dir(target, overwrite=overwrite) as tmp:
             entered = True
-            with intra_op_threads(threads), Sources(models, chunk_elems=chunk_elems) as src, \
+            with intra_op_threads(threads), Sources(models, chunk_elems=chunk_elems, svd_threads=svd_threads) as src, \
                     ShardWriter(tmp, [t.spec for t in plan.tensors], max_shard_bytes=max_shard_bytes,
                                 metadata=_shard_metadata(plan)) as writer:
                 for t in plan.tensors:
@@ -146,6 +165,9 @@ def write_merged(plan: MergePlan, models: Mapping[str, Checkpoint], out: str | o
             aux = _copy_aux(rest, tmp, plan.dtype)
             prov = plan.provenance()
             tensors = prov.pop("tensors")
+            svd = svd_record(plan, svd_threads)
+            if svd is not None:
+                prov["svd"] = svd
             prov.update({"files": list(files), "copied_from_rest": ["config.json", *aux], "versions": versions(),
                          "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tensors": tensors})
             write_json(tmp / PROVENANCE_FILE, prov)
@@ -190,16 +212,18 @@ def assembly_state(model: Any) -> AssemblyState | None:
     return getattr(model, STATE_ATTR, None)
 
 
-def _key(t: TensorPlan, fps: Mapping[str, str]) -> tuple[Any, ...]:
+def _key(t: TensorPlan, fps: Mapping[str, str], svd_threads: int = 1) -> tuple[Any, ...]:
     label = t.copy_from
     if label is not None:
         return ("copy", fps[label])
+    if t.rank_k is not None:
+        return ("rank", fps[ANCHOR], fps[TARGET], t.alpha, t.rank_k, svd_threads)
     return ("interp", fps[ANCHOR], fps[TARGET], t.alpha)
 
 
 def assemble(recipe: Recipe | str | MergePlan, in_: CheckpointLike, rl: CheckpointLike, *, model: Any = None,
              dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
-             attn_implementation: str | None = None, assume: str | None = None) -> Any:
+             attn_implementation: str | None = None, assume: str | None = None, threads: int | None = 1) -> Any:
     """A transformers model holding the recipe's weights, without writing anything to disk.
 
     Without `model`, the rest model is loaded (`runtime.load_model`) and the recipe applied. With
@@ -207,7 +231,8 @@ def assemble(recipe: Recipe | str | MergePlan, in_: CheckpointLike, rl: Checkpoi
     the model holds: after an earlier `assemble` the model knows (see `assembly_state`); for a
     model loaded otherwise, pass `assume="IN"` (or "RL") if it holds exactly that checkpoint,
     else every planned tensor is copied. Values equal the on-disk path's bit for bit (with `dtype`,
-    or the model's own dtype, as the output dtype). Returns the model.
+    or the model's own dtype, as the output dtype; rank-K tensors with the same `threads` as the
+    writer's, see `compute.low_rank_delta`). Returns the model.
     """
     import torch
 
@@ -216,6 +241,7 @@ def assemble(recipe: Recipe | str | MergePlan, in_: CheckpointLike, rl: Checkpoi
     with open_inputs(in_, rl) as models:
         plan = make_plan(_as_recipe(recipe), models, dtype=dtype)
         fps = plan.inputs
+        svd_threads = _svd_threads(threads)
         if model is None:
             model = load_model(models[plan.rest], dtype=dtype, device=device, attn_implementation=attn_implementation)
             state = AssemblyState(held={n: ("copy", fps[plan.rest]) for n in models[plan.rest].canonical_names()})
@@ -244,17 +270,17 @@ def assemble(recipe: Recipe | str | MergePlan, in_: CheckpointLike, rl: Checkpoi
             ptr = dest.data_ptr()
             twin = by_storage.get(ptr)
             if twin is not None:
-                if _key(twin, fps) != _key(t, fps):
+                if _key(twin, fps, svd_threads) != _key(t, fps, svd_threads):
                     raise RecipeError(f"{t.name!r} and {twin.name!r} share one tensor in this model (tied weights) "
                                       "but the recipe takes them from different sources; take both from one model.")
-                state.held[t.name] = _key(t, fps)
+                state.held[t.name] = _key(t, fps, svd_threads)
                 continue
             by_storage[ptr] = t
             todo.append((t, dest))
         loaded = []
-        with Sources(models) as src, torch.no_grad():
+        with Sources(models, svd_threads=svd_threads) as src, torch.no_grad():
             for t, dest in todo:
-                key = _key(t, fps)
+                key = _key(t, fps, svd_threads)
                 if state.held.get(t.name) == key:
                     continue
                 exact = dataclasses.replace(t, out_dtype=st_dtype(dest.dtype))
@@ -262,6 +288,9 @@ def assemble(recipe: Recipe | str | MergePlan, in_: CheckpointLike, rl: Checkpoi
                 state.held[t.name] = key
                 loaded.append(t.name)
         state.provenance = plan.provenance()
+        svd = svd_record(plan, svd_threads)
+        if svd is not None:
+            state.provenance["svd"] = svd
         state.loaded = tuple(loaded)
         state.skipped = len(plan.tensors) - len(loaded)
         setattr(model, STATE_ATTR, state)

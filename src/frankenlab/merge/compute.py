@@ -8,6 +8,12 @@ path) or again (`--verify`) comes out bit-identical. Interpolation is
 evaluated as three separately rounded float32 operations (float64 for F64 tensors: `d = RL − IN`,
 `d *= α`, `d += IN`), then cast to the output dtype with round-to-nearest-even. No fused or
 reordered formula (`torch.lerp` switches formula at α=0.5), so results do not depend on chunking.
+
+The rank-K transplant `W = IN + [α·] SVD_K(RL − IN)` is not elementwise: it needs the whole
+matrix. It is computed whole (on disk too, then streamed out in chunks) with one fixed sequence of
+operations (`low_rank_delta`), under a fixed intra-op thread count, because LAPACK/BLAS results
+change with the thread count (measured: MKL's SVD differs in the last bits between 1 and 2
+threads). Same torch build, same thread count, same bits; the count is recorded in provenance.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from typing import BinaryIO
 import torch
 
 from frankenlab.checkpoint import Checkpoint
-from frankenlab.errors import CheckpointError
+from frankenlab.errors import CheckpointError, RecipeError
 from frankenlab.io.shards import ST_TO_TORCH
-from frankenlab.merge.plan import ANCHOR, TARGET, TensorPlan
+from frankenlab.merge.plan import ANCHOR, TARGET, TensorPlan, matrix_shape
 
 DEFAULT_CHUNK_ELEMS = 1024 * 1024  # ~14 MB of scratch; cache-sized chunks are several times faster than big ones
 
@@ -59,12 +65,45 @@ def interpolate(anchor: torch.Tensor, target: torch.Tensor, alpha: float, out: t
     return d.to(out)
 
 
+def low_rank_delta(anchor: torch.Tensor, target: torch.Tensor, rank: int, out: torch.dtype, *,
+                   alpha: float | None = None, threads: int | None = 1, name: str = "tensor") -> torch.Tensor:
+    """anchor + [α·] SVD_K(target − anchor), in float32 (float64 for float64 inputs), cast to `out`.
+
+    The delta is viewed as (shape[0], -1) (as `compare` does for its spectra). Operations, each
+    rounded once: d = target − anchor; U, S, Vh = svd(d) (reduced); low = (U[:, :K] * S[:K]) @ Vh[:K];
+    low *= α (when given); low += anchor; cast. `threads` fixes the intra-op thread count for the
+    SVD and the product (None: torch's current setting), which makes the bits reproducible.
+    """
+    shape = tuple(anchor.shape)
+    dims = matrix_shape(shape)
+    if dims is None or rank >= min(dims):
+        raise ValueError(f"rank {rank} does not truncate a tensor of shape {list(shape)}; copy or interpolate it.")
+    work = torch.float64 if anchor.dtype == torch.float64 else torch.float32
+    a = anchor.to(work).reshape(dims)
+    d = target.to(work).reshape(dims) - a
+    with intra_op_threads(threads):
+        try:
+            u, s, vh = torch.linalg.svd(d, full_matrices=False)
+        except RuntimeError as exc:  # torch.linalg.LinAlgError included: NaN/inf in the delta, no convergence
+            finite = bool(torch.isfinite(d).all())
+            why = "the delta RL − IN holds NaN or inf values" if not finite else f"the SVD did not converge ({exc})"
+            raise RecipeError(f"rank-{rank} transplant of {name!r} failed: {why}; take this tensor from IN or RL "
+                              "instead (--take) or leave it out of the --rank region.") from None
+        low = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    if alpha is not None:
+        low.mul_(alpha)
+    low.add_(a)
+    return low.to(out).reshape(shape)
+
+
 class Sources:
     """Raw byte ranges and values of tensors in labelled checkpoints; use it with `with`."""
 
-    def __init__(self, models: Mapping[str, Checkpoint], *, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
+    def __init__(self, models: Mapping[str, Checkpoint], *, chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+                 svd_threads: int | None = 1) -> None:
         self.models = {str(k).upper(): v for k, v in models.items()}
         self.chunk_elems = max(1, int(chunk_elems))
+        self.svd_threads = svd_threads
         self._starts: dict[tuple[str, str], dict[str, int]] = {}
         self._files: dict[Path, BinaryIO] = {}
         self._bufs: dict[str, torch.Tensor] = {}
@@ -147,8 +186,19 @@ class Sources:
             return None
         return self.byte_range(label, t.name)
 
+    def low_rank(self, t: TensorPlan) -> torch.Tensor:
+        """The whole rank-K output tensor, flattened, in the output dtype (see `low_rank_delta`)."""
+        assert t.rank_k is not None
+        out = ST_TO_TORCH[t.out_dtype]
+        anchor = self.read_flat(ANCHOR, t.name).reshape(t.shape)
+        target = self.read_flat(TARGET, t.name).reshape(t.shape)
+        return low_rank_delta(anchor, target, t.rank_k, out, alpha=t.alpha, threads=self.svd_threads,
+                              name=t.name).reshape(-1)
+
     def _piece(self, t: TensorPlan, start: int, count: int) -> torch.Tensor:
         out = ST_TO_TORCH[t.out_dtype]
+        if t.rank_k is not None:
+            return self.low_rank(t)[start:start + count]
         label = t.copy_from
         if label is not None:
             return self.read_flat(label, t.name, start, count).to(out)
@@ -184,6 +234,11 @@ class Sources:
         numel = 1
         for s in t.shape:
             numel *= s
+        if t.rank_k is not None:  # needs the whole matrix: computed once, handed out in chunks
+            whole = self.low_rank(t)
+            for start in range(0, numel, self.chunk_elems):
+                yield whole[start:start + self.chunk_elems]
+            return
         for start in range(0, numel, self.chunk_elems):
             yield self._streamed_piece(t, start, min(self.chunk_elems, numel - start))
 

@@ -12,7 +12,12 @@ What mergekit cannot express (reported as warnings, and the export is then not `
   one-model first slice they come from the last slice's first model); frankenlab takes them from
   the rest model (or an explicit --take);
 * interpolated tensors are computed in mergekit's own arithmetic ((1−α)·IN + α·RL), so they agree
-  to the output dtype's precision, not bit for bit;
+  to the output dtype's precision, not bit for bit; extrapolation (α > 1 or α < 0) gives weights
+  outside [0, 1], which mergekit's linear method takes as they are (it checks no range, and its
+  `normalize` divides by the weights' sum, here 1). Its large terms cancel, so the export then
+  asks for a float32 working dtype (`dtype: float32`, `out_dtype` = the output dtype);
+* rank-K transplants: mergekit has no truncated-SVD operator on a delta. The YAML writes those
+  tensors as the full delta (RL, or its α interpolation) and the export is marked not exact;
 * families without a mergekit architecture definition (LLaVA) or with another module layout.
 """
 
@@ -49,6 +54,11 @@ Assign = tuple[str, float | None]  # (source, alpha)
 
 
 def _assign(t: TensorPlan) -> Assign:
+    """What mergekit can express for `t`: a rank-K tensor becomes its full delta (warned about)."""
+    if t.rank_k is not None:
+        if t.alpha is None:
+            return (TARGET, None)
+        return (ANCHOR, None) if t.alpha == 0.0 else (TARGET, t.alpha)
     label = t.copy_from
     return (label, None) if label is not None else (t.source, t.alpha)
 
@@ -114,10 +124,24 @@ def to_mergekit(plan: MergePlan) -> MergekitExport:
     """mergekit YAML for `plan`, plus warnings for every tensor it would produce differently."""
     paths = plan.paths
     warnings: list[str] = []
-    linear = any(t.copy_from is None for t in plan.tensors)
+    ranked = [t for t in plan.tensors if t.rank_k is not None]
+    if ranked:
+        regions = ",".join(f"{r}={k}" for r, k in plan.recipe.rank)
+        warnings.append(f"unsupported: --rank {regions}: mergekit has no rank-K (truncated SVD) operator on the "
+                        f"delta RL - IN; this YAML writes the {len(ranked)} truncated tensor(s) (first: "
+                        f"{ranked[0].out_name}) with their full delta instead. Use frankenlab merge for rank-K.")
+    alphas = {_assign(t)[1] for t in plan.tensors} - {None}
+    linear = bool(alphas)
+    extrapolated = sorted(a for a in alphas if not 0.0 <= a <= 1.0)
     if linear:
         warnings.append("rounding: interpolated tensors are computed by mergekit's linear method "
                         "((1-a)*IN + a*RL in its working dtype); they agree to output precision, not bit for bit.")
+    if extrapolated:
+        listed = ", ".join(f"{a:g}" for a in extrapolated)
+        warnings.append(f"rounding: alpha {listed} extrapolates; mergekit's linear method accepts the weights "
+                        "(1-a, a) outside [0, 1] unchecked (normalize divides by their sum, 1), but (1-a)*IN + a*RL "
+                        "cancels large terms, so the YAML computes in float32 (dtype) and casts on output "
+                        "(out_dtype).")
     dtypes = {t.out_dtype for t in plan.tensors}
     config: dict[str, Any] = {"merge_method": "linear" if linear else "passthrough",
                               "base_model": paths[plan.rest]}
@@ -156,6 +180,9 @@ def to_mergekit(plan: MergePlan) -> MergekitExport:
         config["modules"] = modules
     if plan.dtype is not None and len(dtypes) == 1:
         config["out_dtype"] = config["dtype"]
+    if extrapolated and config.get("dtype") in ("bfloat16", "float16"):
+        config["out_dtype"] = config["dtype"]
+        config["dtype"] = "float32"
     header = [
         "# mergekit equivalent of a frankenlab merge (generated; mergekit is not a frankenlab dependency)",
         f"# recipe: {plan.recipe.spec()}",

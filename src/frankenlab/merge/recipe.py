@@ -1,13 +1,16 @@
 """Typed merge recipes: which model each part of the output comes from.
 
-A recipe has four ingredients, applied in this order (later ones win where they overlap):
+A recipe has five ingredients, applied in this order (later ones win where they overlap):
 
 1. `parts`: one model label per LLM partition part, `IN:RL:RL` = early:mid:late over the default
    thirds or over `cuts` (`--cuts a,b,c` makes four parts, so four labels).
 2. `takes`: explicit `SOURCE:REGION` overrides for any span or section, in the order given, e.g.
    `RL:llm:9-27`, `RL:projector`, `RL:vision`, `RL:embed`, `RL:lm_head`, `RL:final_norm`.
-3. `alpha`: per-region interpolation `W = IN + α·(RL − IN)`; α=0 is exactly IN, α=1 exactly RL.
-4. `rest`: the model every tensor not named above comes from (vision tower, projector, embeddings,
+3. `alpha`: per-region interpolation `W = IN + α·(RL − IN)`; α=0 is exactly IN, α=1 exactly RL,
+   α > 1 extrapolates beyond RL (ExPO), α < 0 away from it; α must lie in [ALPHA_MIN, ALPHA_MAX].
+4. `rank`: per-region rank-K transplant `W = IN + SVD_K(RL − IN)` of every weight matrix (K ≥ 1).
+   Where a tensor is in both an α and a rank region, the two compose: `W = IN + α·SVD_K(RL − IN)`.
+5. `rest`: the model every tensor not named above comes from (vision tower, projector, embeddings,
    final norm, lm_head, and all LLM layers when there are no parts). Default IN, always recorded.
 
 Recipes are model-independent: region names are checked against a model when a plan is made.
@@ -30,6 +33,11 @@ from frankenlab.errors import RecipeError
 #: Labels a recipe may use; a plan checks that each one used was given a checkpoint.
 LABELS = ("IN", "RL")
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+#: Allowed interpolation factors. α > 1 extrapolates along ΔRL (ExPO); past 4 the weights are
+#: dominated by an amplified delta and models stop being meaningful, and α < −1 moves further from
+#: RL than RL is from IN in the opposite direction. Both are far outside what anyone evaluates.
+ALPHA_MIN, ALPHA_MAX = -1.0, 4.0
 
 #: The paper's six transplant variants (early:mid:late).
 STANDARD = ("IN:RL:RL", "RL:IN:IN", "IN:IN:RL", "RL:RL:IN", "IN:RL:IN", "RL:IN:RL")
@@ -92,9 +100,54 @@ def _parse_alpha(alpha: AlphaLike) -> tuple[tuple[str, float], ...]:
             raise RecipeError(f"alpha for {region!r} is {value!r}, not a number.") from None
         if not math.isfinite(a):
             raise RecipeError(f"alpha for {region!r} must be finite, got {value!r}.")
+        if not ALPHA_MIN <= a <= ALPHA_MAX:
+            raise RecipeError(
+                f"alpha for {region!r} is {a:g}, outside [{ALPHA_MIN:g}, {ALPHA_MAX:g}]: α in [0, 1] interpolates "
+                f"between IN and RL, α > 1 extrapolates beyond RL (W = IN + α·ΔRL, ExPO) and α < 0 moves away "
+                f"from RL; beyond {ALPHA_MAX:g} (or below {ALPHA_MIN:g}) the amplified delta dominates the "
+                "weights. Use a value within the bounds."
+            )
         if any(r == region for r, _ in out):
             raise RecipeError(f"alpha for region {region!r} is given twice.")
         out.append((region, a))
+    return tuple(out)
+
+
+RankLike = str | Mapping[str, int] | Sequence[tuple[str, int]] | None
+
+
+def _parse_rank(rank: RankLike) -> tuple[tuple[str, int], ...]:
+    if rank is None or rank == "":
+        return ()
+    if isinstance(rank, str):
+        pairs: list[tuple[str, Any]] = []
+        for item in (a.strip() for a in rank.split(",")):
+            if not item:
+                continue
+            region, sep, value = item.rpartition("=")
+            if not sep or not region.strip():
+                raise RecipeError(f"--rank {rank!r}: expected REGION=K pairs, e.g. 'late=8' or 'mid=4,late=16'.")
+            pairs.append((region.strip(), value.strip()))
+    elif isinstance(rank, Mapping):
+        pairs = [(str(k), v) for k, v in rank.items()]
+    else:
+        pairs = [(str(k), v) for k, v in rank]
+    out: list[tuple[str, int]] = []
+    for region, value in pairs:
+        k: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            k = value
+        elif isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            k = int(value)
+        if k is None:
+            raise RecipeError(f"rank for {region!r} is {value!r}, not a whole number; give K ≥ 1, e.g. "
+                              f"'{region}=8'.")
+        if k < 1:
+            raise RecipeError(f"rank for {region!r} is {k}; K must be at least 1 (K singular triplets of ΔRL are "
+                              f"kept; for no change at all take the region from IN).")
+        if any(r == region for r, _ in out):
+            raise RecipeError(f"rank for region {region!r} is given twice.")
+        out.append((region, k))
     return tuple(out)
 
 
@@ -124,6 +177,7 @@ class Recipe(BaseModel):
     cuts: tuple[int, ...] | None = Field(None, description="LLM partition cuts; None = thirds.")
     takes: tuple[Take, ...] = Field((), description="Explicit SOURCE:REGION overrides, in order.")
     alpha: tuple[tuple[str, float], ...] = Field((), description="(region, α): W = IN + α(RL − IN).")
+    rank: tuple[tuple[str, int], ...] = Field((), description="(region, K): W = IN + SVD_K(RL − IN).")
     rest: str = Field("IN", description="Model for every tensor not assigned otherwise.")
 
     @field_validator("parts")
@@ -138,8 +192,8 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        if not (self.parts or self.takes or self.alpha):
-            raise RecipeError("empty recipe: give parts such as 'IN:RL:RL', a --take, or an --alpha.")
+        if not (self.parts or self.takes or self.alpha or self.rank):
+            raise RecipeError("empty recipe: give parts such as 'IN:RL:RL', a --take, an --alpha or a --rank.")
         if self.parts:
             n_parts = 3 if self.cuts is None else len(self.cuts) + 1
             if len(self.parts) != n_parts:
@@ -159,7 +213,7 @@ class Recipe(BaseModel):
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def parse(cls, spec: str | None = None, *, cuts: str | Sequence[int] | None = None,
-              takes: Sequence[str | Take] = (), alpha: AlphaLike = None,
+              takes: Sequence[str | Take] = (), alpha: AlphaLike = None, rank: RankLike = None,
               rest: str = "IN", name: str | None = None) -> Recipe:
         """Build from CLI-style strings: `parse("IN:RL:RL", cuts="8,20", takes=["RL:projector"])`."""
         parts: tuple[str, ...] = ()
@@ -176,7 +230,7 @@ class Recipe(BaseModel):
             return cls(
                 name=name, parts=parts, cuts=_parse_cuts(cuts),
                 takes=tuple(t if isinstance(t, Take) else Take.parse(t) for t in takes),
-                alpha=_parse_alpha(alpha), rest=rest,
+                alpha=_parse_alpha(alpha), rank=_parse_rank(rank), rest=rest,
             )
         except ValidationError as exc:
             raise RecipeError(_validation_message(exc)) from None
@@ -193,7 +247,7 @@ class Recipe(BaseModel):
 
     def labels(self) -> set[str]:
         used = set(self.parts) | {t.source for t in self.takes} | {self.rest}
-        if self.alpha:
+        if self.alpha or self.rank:
             used |= {"IN", "RL"}
         return used
 
@@ -205,13 +259,16 @@ class Recipe(BaseModel):
         bits += [f"--take {t}" for t in self.takes]
         if self.alpha:
             bits.append("--alpha " + ",".join(f"{r}={a:g}" for r, a in self.alpha))
+        if self.rank:
+            bits.append("--rank " + ",".join(f"{r}={k}" for r, k in self.rank))
         bits.append(f"--rest {self.rest}")
         return " ".join(bits)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "parts": self.parts_spec, "cuts": list(self.cuts) if self.cuts else None,
-            "takes": [str(t) for t in self.takes], "alpha": dict(self.alpha) or None, "rest": self.rest,
+            "takes": [str(t) for t in self.takes], "alpha": dict(self.alpha) or None,
+            "rank": dict(self.rank) or None, "rest": self.rest,
             "spec": self.spec(),
         }
 
@@ -230,14 +287,15 @@ def standard_recipes(*, cuts: str | Sequence[int] | None = None, rest: str = "IN
     return [Recipe.parse(s, cuts=cuts, rest=rest, name=s) for s in STANDARD]
 
 
-_VARIANT_KEYS = {"name", "recipe", "cuts", "take", "takes", "alpha", "rest"}
+_VARIANT_KEYS = {"name", "recipe", "cuts", "take", "takes", "alpha", "rank", "rest"}
 
 
 def recipes_from_config(data: Any, *, where: str = "recipe file") -> dict[str, Recipe]:
     """Variants from parsed YAML: a list of variants, or `{defaults: {...}, variants: [...]}`.
 
     Each variant has `recipe` (e.g. IN:RL:RL), optional `name`, `cuts`, `take` (list of
-    SOURCE:REGION), `alpha` (mapping or 'mid=0.5'), `rest`; `defaults` fill in what a variant omits.
+    SOURCE:REGION), `alpha` (mapping or 'mid=0.5'), `rank` (mapping or 'late=8'), `rest`; `defaults`
+    fill in what a variant omits.
     """
     defaults: dict[str, Any] = {}
     if isinstance(data, dict):
@@ -266,7 +324,8 @@ def recipes_from_config(data: Any, *, where: str = "recipe file") -> dict[str, R
             takes = [takes]
         try:
             r = Recipe.parse(v.get("recipe"), cuts=v.get("cuts"), takes=takes, alpha=v.get("alpha"),
-                             rest=v.get("rest", "IN"), name=None if v.get("name") is None else str(v["name"]))
+                             rank=v.get("rank"), rest=v.get("rest", "IN"),
+                             name=None if v.get("name") is None else str(v["name"]))
         except RecipeError as exc:
             raise RecipeError(f"{where}: variant {i + 1}: {exc}") from None
         key = r.label

@@ -46,6 +46,7 @@ class CustomVariant(_Frozen):
     name: str
     recipe: str = Field(description="Block sources early:mid:late, e.g. IN:RL:RL.")
     alpha: dict[str, float] = Field(default_factory=dict, description="α per region, W = IN + α(RL − IN).")
+    rank: dict[str, int] = Field(default_factory=dict, description="K per region, W = IN + SVD_K(RL − IN).")
 
 
 class CompareSettings(_Frozen):
@@ -67,7 +68,9 @@ class ProbeSettings(_Frozen):
         "response", description="Tokens whose attention the attention claim tests: each model's own response "
         "(its reasoning), or only the shared gold answer.")
     seed: int = 0
-    max_new_tokens: int = 8
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Answer length limit of every probe; null = per item kind (perception 256, "
+        "reasoning 1024: runtime.generate.DEFAULT_MAX_NEW_TOKENS).")
 
 
 class EvalSettings(_Frozen):
@@ -76,7 +79,9 @@ class EvalSettings(_Frozen):
     seed: int = 0
     settings: list[str] = Field(default_factory=lambda: ["image", "black", "described"])
     system_prompt: str | None = None
-    max_new_tokens: int = 16
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Answer length limit of every item; null = per item kind (perception 256, "
+        "reasoning 1024: runtime.generate.DEFAULT_MAX_NEW_TOKENS).")
     batch_size: int = 16
 
 
