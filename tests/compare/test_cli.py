@@ -42,7 +42,7 @@ def test_cli_writes_every_promised_file(ckpts: dict[str, Path], tmp_path: Path,
     code = run(["compare", "--in", str(ckpts["in"]), "--rl", str(ckpts["rl"]), "--base", str(ckpts["base"]),
                 "--svd", "exact", "--cuts", "1,3", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
-    for stem in ("tensors", "layers", "regions", "kinds", "spectra", "region_spectra"):
+    for stem in ("tensors", "layers", "regions", "kinds", "spectra", "region_spectra", "sparsity"):
         assert (out / f"{stem}.csv").stat().st_size > 0 and (out / f"{stem}.parquet").stat().st_size > 0
     with (out / "tensors.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -67,8 +67,9 @@ def test_cli_writes_every_promised_file(ckpts: dict[str, Path], tmp_path: Path,
     assert layouts == {"base": "hub", "in": "hub", "rl": "transformers5"}
     assert {"torch", "python"} <= set(manifest["versions"]) and manifest["time_utc"]
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert pngs == ["cosine_layers.png", "energy_layers.png", "heatmap_fro_in.png", "heatmap_fro_rl.png",
-                    "ranks_layers.png", "rel_energy_layers.png", "spectra_regions.png"]
+    assert pngs == ["cosine_layers.png", "energy_layers.png", "geometry_layers.png", "heatmap_fro_in.png",
+                    "heatmap_fro_rl.png", "ranks_layers.png", "rel_energy_layers.png", "sparsity_layers.png",
+                    "spectra_regions.png"]
     assert all((out / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
     assert "Update energy per region" in capsys.readouterr().err

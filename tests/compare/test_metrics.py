@@ -166,10 +166,15 @@ def test_effective_rank_formula_on_hand_values() -> None:
 
 
 def test_registry_and_validation() -> None:
-    assert list(M.METRICS) == ["fro", "rel_fro", "max_abs", "unchanged_frac", "sigma1", "stable_rank",
-                               "effective_rank", "effective_rank_topk"]
-    assert {n for n, m in M.METRICS.items() if m.spectral} == {"sigma1", "stable_rank", "effective_rank",
-                                                               "effective_rank_topk"}
+    assert list(M.METRICS) == ["fro", "rel_fro", "max_abs", "unchanged_frac", "below_bf16_frac", "sigma1",
+                               "stable_rank", "effective_rank", "effective_rank_topk", "update_rank",
+                               "update_rank_frac", "subspace_angle_max_deg", "subspace_angle_mean_deg",
+                               "projection_distance", "sigma_drift_topk", "principal_share", "principal_share_null"]
+    assert {n for n, m in M.METRICS.items() if m.needs == "spectrum"} == {
+        "sigma1", "stable_rank", "effective_rank", "effective_rank_topk", "update_rank", "update_rank_frac"}
+    assert {n for n, m in M.METRICS.items() if m.needs == "geometry"} == {
+        "subspace_angle_max_deg", "subspace_angle_mean_deg", "projection_distance", "sigma_drift_topk",
+        "principal_share", "principal_share_null"}
     f = facts(torch.zeros(2, 2), torch.eye(2))
     assert M.compute_metrics(f, ("fro",)) == {"fro": pytest.approx(math.sqrt(2))}
     with pytest.raises(CompareError, match="unknown metric"):
@@ -178,6 +183,10 @@ def test_registry_and_validation() -> None:
         M.SpectrumSettings(svd="fast")
     with pytest.raises(CompareError, match="top_k"):
         M.SpectrumSettings(top_k=0)
+    with pytest.raises(CompareError, match="--top-k-subspace"):
+        M.SpectrumSettings(subspace_k=-1)
+    with pytest.raises(CompareError, match="rank_tol"):
+        M.SpectrumSettings(rank_tol=0.0)
     with pytest.raises(TypeError):
         M.METRICS["x"] = M.METRICS["fro"]  # frozen after import
 

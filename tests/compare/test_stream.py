@@ -121,8 +121,11 @@ def test_streaming_in_small_blocks_gives_the_same_numbers(triple: dict[str, Path
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_matches_cpu(triple: dict[str, Path], result) -> None:  # noqa: ANN001
     gpu = compare_checkpoints(triple["in"], triple["rl"], base=triple["base"], svd="exact", device="cuda")
-    cols = ["fro", "rel_fro", "max_abs", "unchanged_frac", "sigma1", "stable_rank", "effective_rank", "cos_in_rl"]
-    pd.testing.assert_frame_equal(gpu.tensors[cols], result.tensors[cols], rtol=1e-4)
+    cols = ["fro", "rel_fro", "max_abs", "unchanged_frac", "sigma1", "stable_rank", "effective_rank", "cos_in_rl",
+            "below_bf16_frac", "update_rank", "subspace_angle_max_deg", "subspace_angle_mean_deg",
+            "projection_distance", "sigma_drift_topk", "principal_share", "principal_share_null"]
+    pd.testing.assert_frame_equal(gpu.tensors[cols], result.tensors[cols], rtol=1e-4, atol=1e-9)
+    pd.testing.assert_frame_equal(gpu.sparsity, result.sparsity)
 
 
 def test_cosine_between_phases_matches_numpy(tmp_path: Path) -> None:

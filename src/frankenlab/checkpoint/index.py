@@ -28,6 +28,7 @@ class TensorMeta:
     dtype: str
     file: str
     nbytes: int
+    offset: int = 0  # absolute byte offset of the data in `file` (8-byte length + header + data_offsets start)
 
     @property
     def numel(self) -> int:
@@ -143,7 +144,7 @@ class ShardIndex:
                     )
                 start, end = entry["data_offsets"]
                 shape = tuple(int(s) for s in entry["shape"])
-                tensors[name] = TensorMeta(name, shape, entry["dtype"], fname, end - start)
+                tensors[name] = TensorMeta(name, shape, entry["dtype"], fname, end - start, 8 + len(raw) + start)
         if weight_map is not None:
             absent = [n for n in weight_map if n not in tensors]
             if absent:

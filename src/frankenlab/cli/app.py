@@ -97,7 +97,7 @@ def _print_info(d: dict[str, Any]) -> None:
 
 
 # Command groups live one per module; each registers exactly one entry here.
-from frankenlab.cli.compare import compare_cmd  # noqa: E402
+from frankenlab.cli.compare import compare_app  # noqa: E402
 from frankenlab.cli.eval import eval_cmd  # noqa: E402
 from frankenlab.cli.freeze import freeze_app  # noqa: E402
 from frankenlab.cli.merge import merge_cmd  # noqa: E402
@@ -107,7 +107,7 @@ from frankenlab.cli.probe import probe_app  # noqa: E402
 from frankenlab.cli.rl import rl_cmd  # noqa: E402
 from frankenlab.cli.study import demo_cmd, study_cmd  # noqa: E402
 
-app.command("compare")(compare_cmd)
+app.add_typer(compare_app, name="compare")
 app.command("eval")(eval_cmd)
 app.command("merge")(merge_cmd)
 app.add_typer(freeze_app, name="freeze")

@@ -2,7 +2,10 @@
 
 Aggregates (`fro_sum`, means, ranks, ...) are taken over weight **matrices** (≥ 2-D tensors);
 1-D tensors (norm scales, biases) are summed separately in `vector_fro_sum` so their energy is
-visible without skewing per-matrix means.
+visible without skewing per-matrix means. Means of spectrum-derived values never mix a full
+spectrum with a top-k one: `effective_rank_mean` averages the group's full-spectrum matrices when
+it has any, else its top-k ones, and says which in `effective_rank_scope` (count in
+`effective_rank_n`); `update_rank` exists only for full spectra.
 """
 
 from __future__ import annotations
@@ -17,19 +20,28 @@ from frankenlab.arch.base import TensorInfo
 from frankenlab.compare.stream import ComparePlan
 from frankenlab.regions import Partition, Region, parse_region
 
+GEOMETRY_COLUMNS = ("subspace_angle_max_deg", "subspace_angle_mean_deg", "projection_distance", "sigma_drift_topk",
+                    "principal_share", "principal_share_null")
+NEW_COLUMNS = (*GEOMETRY_COLUMNS, "below_bf16_frac", "update_rank", "update_rank_frac")  # issue #13
 TENSOR_COLUMNS = (
     "name", "section", "layer", "kind", "phase", "fro", "rel_fro", "max_abs", "unchanged_frac", "sigma1",
     "stable_rank", "effective_rank", "effective_rank_scope", "effective_rank_topk", "svd_method", "cos_in_rl",
+    *NEW_COLUMNS, "subspace_k",
     "ref_fro", "is_matrix", "ndim", "shape", "numel", "dtype", "block", "canonical",
 )
+_FLOAT_COLUMNS = ("fro", "rel_fro", "max_abs", "unchanged_frac", "sigma1", "stable_rank", "effective_rank",
+                  "effective_rank_topk", "ref_fro", "cos_in_rl", *NEW_COLUMNS)
 AGG_COLUMNS = ("fro_sum", "fro_mean", "rel_fro_mean", "stable_rank_mean", "effective_rank_mean")
 _EXTRA = ("effective_rank_topk_mean", "fro_total", "ref_fro_total", "rel_fro_total", "unchanged_frac", "max_abs",
           "n_matrices", "n_vectors",
-          "vector_fro_sum", "effective_rank_scope", "cos_in_rl")
+          "vector_fro_sum", "effective_rank_scope", "effective_rank_n", "cos_in_rl",
+          *(f"{c}_mean" for c in NEW_COLUMNS))
 LAYER_COLUMNS = ("layer", "section", "phase", *AGG_COLUMNS, "block", *_EXTRA)
 KIND_COLUMNS = ("section", "kind", "phase", *AGG_COLUMNS, *_EXTRA)
 REGION_COLUMNS = ("region", "phase", *AGG_COLUMNS, "section", "first_layer", "last_layer", "energy_share", *_EXTRA)
 SPECTRA_COLUMNS = ("name", "phase", "i", "sigma", "sigma_norm", "section", "layer", "kind", "canonical")
+SPARSITY_COLUMNS = ("name", "phase", "layer", "section", "kind", "tol", "frac_changed", "numel", "is_matrix",
+                    "canonical")
 REGION_SPECTRA_COLUMNS = ("region", "phase", "kind", "i", "mean", "median", "q25", "q75", "n")
 _HELPERS = ("_fro_in", "_fro_rl", "_dot")
 PHASE_UPDATED = {"in": "in", "rl": "rl"}  # phase → the role whose weights were updated (its dtype is reported)
@@ -52,6 +64,7 @@ def tensors_table(plan: ComparePlan, records: list[dict[str, Any]]) -> pd.DataFr
                 "phase": phase, **{k: p[k] for k in ("fro", "rel_fro", "max_abs", "unchanged_frac", "sigma1",
                                                      "stable_rank", "effective_rank", "effective_rank_scope",
                                                      "effective_rank_topk", "svd_method", "ref_fro")},
+                **{k: p.get(k, math.nan) for k in NEW_COLUMNS}, "subspace_k": p.get("subspace_k"),
                 "cos_in_rl": _nan(cos), "is_matrix": tp.is_matrix, "ndim": len(tp.shape),
                 "shape": "x".join(str(s) for s in tp.shape), "numel": tp.numel, "dtype": dict(tp.dtypes)[updated],
                 "block": tp.info.block, "canonical": tp.canonical,
@@ -59,10 +72,10 @@ def tensors_table(plan: ComparePlan, records: list[dict[str, Any]]) -> pd.DataFr
                 "_dot": 0.0 if cos is None or math.isnan(_nan(cos)) else cos * fro_in * fro_rl,
             })
     df = pd.DataFrame(rows)
-    for col in ("layer", "block"):
-        df[col] = df[col].astype("Int64")
-    for col in ("fro", "rel_fro", "max_abs", "unchanged_frac", "sigma1", "stable_rank", "effective_rank",
-                "effective_rank_topk", "ref_fro", "cos_in_rl"):
+    for col in ("layer", "block", "subspace_k"):
+        df[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+                            for v in df[col]], dtype="Int64")
+    for col in _FLOAT_COLUMNS:
         df[col] = df[col].astype(float)
     return df
 
@@ -79,13 +92,13 @@ def _aggregate(g: pd.DataFrame) -> dict[str, Any]:
     ref_total = math.sqrt(float((m["ref_fro"] ** 2).sum())) if has else math.nan
     numel = float(m["numel"].sum())
     denom = math.sqrt(float((m["_fro_in"] ** 2).sum()) * float((m["_fro_rl"] ** 2).sum())) if has else 0.0
-    scopes = sorted(set(m["effective_rank_scope"].dropna()))
+    eff, eff_scope = _same_scope(m)
     return {
         "fro_sum": float(m["fro"].sum()) if has else math.nan,
         "fro_mean": float(m["fro"].mean()) if has else math.nan,
         "rel_fro_mean": float(m["rel_fro"].mean()) if has else math.nan,
         "stable_rank_mean": float(m["stable_rank"].mean()) if has else math.nan,
-        "effective_rank_mean": float(m["effective_rank"].mean()) if has else math.nan,
+        "effective_rank_mean": float(eff.mean()) if len(eff) else math.nan,
         "effective_rank_topk_mean": float(m["effective_rank_topk"].mean()) if has else math.nan,
         "fro_total": fro_total,
         "ref_fro_total": ref_total,
@@ -95,9 +108,21 @@ def _aggregate(g: pd.DataFrame) -> dict[str, Any]:
         "n_matrices": len(m),
         "n_vectors": len(v),
         "vector_fro_sum": float(v["fro"].sum()),
-        "effective_rank_scope": "+".join(scopes) if scopes else None,
+        "effective_rank_scope": eff_scope,
+        "effective_rank_n": len(eff),
         "cos_in_rl": float(m["_dot"].sum()) / denom if denom > 0 else math.nan,
+        **{f"{c}_mean": float(m[c].mean()) if has and m[c].notna().any() else math.nan for c in NEW_COLUMNS},
     }
+
+
+def _same_scope(m: pd.DataFrame) -> tuple[pd.Series, str | None]:
+    """The effective ranks one mean may average: the full-spectrum ones if any, else one top-k scope."""
+    rows = m[m["effective_rank"].notna()]
+    scopes = set(rows["effective_rank_scope"].dropna())
+    if not scopes:
+        return rows["effective_rank"].iloc[:0], None
+    scope = "full" if "full" in scopes else sorted(scopes)[0]
+    return rows.loc[rows["effective_rank_scope"] == scope, "effective_rank"], scope
 
 
 def _grouped(df: pd.DataFrame, keys: list[str], columns: tuple[str, ...]) -> pd.DataFrame:
@@ -173,6 +198,23 @@ def spectra_table(plan: ComparePlan, records: list[dict[str, Any]]) -> pd.DataFr
     return out
 
 
+def sparsity_table(plan: ComparePlan, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Tolerance sweep: share of entries with |Δ| > tol·|w_ref|, per tensor, phase and tolerance."""
+    by_name = {r["canonical"]: r for r in records}
+    rows = []
+    for phase in plan.phases:
+        for tp in plan.tensors:
+            for tol, frac in by_name[tp.canonical]["phases"][phase].get("sparsity", []):
+                rows.append({"name": tp.name, "phase": phase, "layer": tp.info.layer, "section": tp.info.section,
+                             "kind": tp.info.kind, "tol": float(tol), "frac_changed": _nan(frac),
+                             "numel": tp.numel, "is_matrix": tp.is_matrix, "canonical": tp.canonical})
+    out = pd.DataFrame(rows, columns=list(SPARSITY_COLUMNS))
+    out["layer"] = out["layer"].astype("Int64")
+    for col in ("tol", "frac_changed"):
+        out[col] = out[col].astype(float)
+    return out
+
+
 def region_spectra_table(spectra: pd.DataFrame, plan: ComparePlan, regions: list[Region]) -> pd.DataFrame:
     """σ_i/σ1 aggregated over every matrix of one kind in a region (mean, median, quartiles, n)."""
     infos = {tp.canonical: tp.info for tp in plan.tensors}
@@ -228,7 +270,8 @@ def build_summary(plan: ComparePlan, tensors: pd.DataFrame, layers: pd.DataFrame
                                "rel_fro_total": row["rel_fro_total"], "stable_rank_mean": row["stable_rank_mean"],
                                "effective_rank_mean": row["effective_rank_mean"],
                                "effective_rank_topk_mean": row["effective_rank_topk_mean"],
-                               "cos_in_rl": row["cos_in_rl"]}
+                               "cos_in_rl": row["cos_in_rl"],
+                               **{f"{c}_mean": row[f"{c}_mean"] for c in NEW_COLUMNS}}
                         for name, row in reg.iterrows()},
             "top_tensors": [{"name": r["name"], "fro": r["fro"], "rel_fro": r["rel_fro"]} for _, r in top.iterrows()],
         }
@@ -249,7 +292,11 @@ def build_summary(plan: ComparePlan, tensors: pd.DataFrame, layers: pd.DataFrame
                          "only the top-k singular values are known, so it is exp(H) over those k values "
                          "(scope 'topk'): at most k and not comparable with full-scope values. "
                          "effective_rank_topk is exp(H) over the top k for every tensor: comparable "
-                         "across a mixed (--svd auto) run.")},
+                         "across a mixed (--svd auto) run. Aggregated effective_rank_mean averages one scope "
+                         "only (full when the group has full spectra). update_rank needs the full spectrum "
+                         "and is empty for lowrank tensors. Geometry (subspace angles, sigma_drift_topk, "
+                         "principal_share) uses the exact top-subspace_k singular vectors of W_ref and W_after "
+                         "whatever the --svd mode (none: not computed).")},
         "per_phase": per_phase,
     }
     return _clean(summary)

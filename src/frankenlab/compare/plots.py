@@ -62,10 +62,11 @@ def _ranks(layers: pd.DataFrame, path: Path, spans: list[tuple[str, int, int]]) 
     if layers["stable_rank_mean"].notna().sum() == 0:
         return None
     fig = Figure(figsize=(10, 6))
-    scopes = sorted(set("+".join(layers["effective_rank_scope"].dropna()).split("+")) - {""})
-    # One scope: plot it as is. Mixed (--svd auto): the top-k variant is the comparable one.
-    eff = ("effective_rank_mean", f"effective rank exp(H) [{scopes[0]}]") if len(scopes) == 1 else \
-        ("effective_rank_topk_mean", "effective rank exp(H) over the top k")
+    scopes = sorted(set(layers["effective_rank_scope"].dropna()))
+    partial = "effective_rank_n" in layers and bool((layers["effective_rank_n"] < layers["n_matrices"]).any())
+    # One scope covering every matrix: plot it as is. Mixed (--svd auto): the top-k variant is comparable.
+    eff = ("effective_rank_mean", f"effective rank exp(H) [{scopes[0]}]") if len(scopes) == 1 and not partial \
+        else ("effective_rank_topk_mean", "effective rank exp(H) over the top k")
     for i, (col, label) in enumerate((("stable_rank_mean", "stable rank ‖Δ‖²_F/σ1²"), eff)):
         ax = fig.add_subplot(2, 1, i + 1)
         _shade(ax, layers, spans)
@@ -76,6 +77,28 @@ def _ranks(layers: pd.DataFrame, path: Path, spans: list[tuple[str, int, int]]) 
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.axes[-1].set_xlabel("unified layer")
     fig.suptitle("Rank of the update per layer (mean over the layer's matrices)")
+    return _save(fig, path)
+
+
+def _panels(layers: pd.DataFrame, panels: list[tuple[str, str, str | None]], title: str, path: Path,
+            spans: list[tuple[str, int, int]]) -> Path | None:
+    """Stacked per-layer panels (column, y label, optional dashed reference column), one line per phase."""
+    panels = [p for p in panels if p[0] in layers and layers[p[0]].notna().any()]
+    if not panels:
+        return None
+    fig = Figure(figsize=(10, 2.8 * len(panels)))
+    for i, (col, label, ref) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, i + 1)
+        _shade(ax, layers, spans)
+        for phase, g in layers.groupby("phase", sort=False):
+            name, color = PHASE_STYLE.get(str(phase), (str(phase), None))
+            ax.plot(g["layer"].astype(int), g[col], marker="o", ms=3, color=color, label=name)
+            if ref is not None:
+                ax.plot(g["layer"].astype(int), g[ref], ls="--", lw=0.8, color=color, label=f"{name}: random update")
+        ax.set_ylabel(label, fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.axes[-1].set_xlabel("unified layer")
+    fig.suptitle(title)
     return _save(fig, path)
 
 
@@ -151,6 +174,15 @@ def write_plots(out: Path, tensors: pd.DataFrame, layers: pd.DataFrame, region_s
                    out / "rel_energy_layers.png", spans),
         _ranks(layers, out / "ranks_layers.png", spans),
         _spectra(region_spectra, out / "spectra_regions.png"),
+        _panels(layers, [("subspace_angle_max_deg_mean", "max principal angle (°)", None),
+                         ("principal_share_mean", "principal share", "principal_share_null_mean"),
+                         ("update_rank_frac_mean", "update rank / min(m, n)", None)],
+                "Weight geometry per layer: rotation of W's top-k subspaces, update energy inside them, rank",
+                out / "geometry_layers.png", spans),
+        _panels(layers, [("unchanged_frac", "entries unchanged", None),
+                         ("below_bf16_frac_mean", "0 < |Δ| < |w|·2⁻⁸", None)],
+                "Update sparsity per layer, and the share a bf16 weight would absorb", out / "sparsity_layers.png",
+                spans),
     ]
     if layers["cos_in_rl"].notna().any():
         made.append(_per_layer(layers[layers["phase"] == "rl"], "cos_in_rl", "cos(ΔIN, ΔRL)",

@@ -4,7 +4,7 @@ Output directory contract (see docs/compare.md):
 - every check (inputs, architectures, tensor sets, shapes, dtypes, cuts, device, the output
   directory itself) runs before DIR is touched, so a refused run leaves nothing behind;
 - while tensors are computed, DIR holds only `.cache/<key>.jsonl` (one JSON line per finished
-  tensor); DIR appears with the first finished tensor;
+  tensor) and, with masks, `.cache/<key>.masks/`; DIR appears with the first finished tensor;
 - the final tables, summary and plots are staged in DIR/.staging-*, moved in file by file, then
   `manifest.json` and the `.done-compare.json` marker are written last: only a DIR with that marker
   (matching the settings) is a finished comparison.
@@ -27,8 +27,16 @@ import pandas as pd
 
 from frankenlab.checkpoint import Checkpoint, open_checkpoint
 from frankenlab.compare import aggregate as agg
-from frankenlab.compare.metrics import SpectrumSettings
-from frankenlab.compare.stream import ProgressFn, ResultCache, cpu_threads, plan_comparison, resolve_device, walk
+from frankenlab.compare.metrics import DEFAULT_SPARSITY_TOLS, SpectrumSettings
+from frankenlab.compare.stream import (
+    MaskWriter,
+    ProgressFn,
+    ResultCache,
+    cpu_threads,
+    plan_comparison,
+    resolve_device,
+    walk,
+)
 from frankenlab.errors import CompareError, OutputError
 from frankenlab.io import write_json, write_table
 from frankenlab.manifest import build_manifest, is_done, mark_done, settings_key, write_manifest
@@ -38,13 +46,17 @@ log = logging.getLogger(__name__)
 
 STAGE = "compare"
 CACHE_DIR = ".cache"
-CACHE_VERSION = 1  # bump when a metric's definition changes: old caches then no longer match
+CACHE_VERSION = 2  # bump when a metric's definition changes: old caches then no longer match
 TABLES = {
     "tensors": agg.TENSOR_COLUMNS, "layers": agg.LAYER_COLUMNS, "kinds": agg.KIND_COLUMNS,
     "regions": agg.REGION_COLUMNS, "spectra": agg.SPECTRA_COLUMNS, "region_spectra": agg.REGION_SPECTRA_COLUMNS,
+    "sparsity": agg.SPARSITY_COLUMNS,
 }
+MASKS_DIR = "masks"
+MASK_FORMAT = ("numpy.packbits (big bit order) of the C-order flattened mask Δ ≠ 0 of the matrix viewed as "
+               "stored, zero-padded to a whole byte")
 FINAL_NAMES = {f"{t}.{ext}" for t in TABLES for ext in ("csv", "parquet")} | {
-    "summary.json", "manifest.json", "plots", f".done-{STAGE}.json"}
+    "summary.json", "manifest.json", "plots", MASKS_DIR, f".done-{STAGE}.json"}
 
 
 @dataclass
@@ -57,6 +69,7 @@ class CompareResult:
     regions: pd.DataFrame
     spectra: pd.DataFrame
     region_spectra: pd.DataFrame
+    sparsity: pd.DataFrame
     summary: dict[str, Any]
     manifest: dict[str, Any] = field(default_factory=dict)
     out_dir: Path | None = None
@@ -113,7 +126,56 @@ def load_result(out_dir: str | os.PathLike[str]) -> CompareResult:
     return CompareResult(**tables, summary=summary, manifest=manifest, out_dir=out, computed=0, reloaded=True)
 
 
-def _write_outputs(out: Path, result: CompareResult, spans: list[tuple[str, int, int]], plots: bool) -> list[str]:
+def parse_tols(tols: str | tuple[float, ...] | list[float] | None) -> tuple[float, ...]:
+    """'0,1e-8,1e-6,1e-4' (or a sequence) → sorted distinct tolerances ≥ 0, relative to |w_ref|."""
+    if tols is None:
+        return DEFAULT_SPARSITY_TOLS
+    items = [t for t in tols.replace(" ", "").split(",") if t] if isinstance(tols, str) else list(tols)
+    try:
+        values = sorted({float(t) for t in items})
+    except (TypeError, ValueError) as exc:
+        raise CompareError(f"sparsity tolerances {tols!r} are not numbers; give e.g. '0,1e-8,1e-6,1e-4'.") from exc
+    if not values or values[0] < 0 or any(v != v or v == float("inf") for v in values):
+        raise CompareError(f"sparsity tolerances {tols!r} must be finite and ≥ 0 (relative to |w_ref|), "
+                           "e.g. '0,1e-8,1e-6,1e-4'.")
+    return tuple(values)
+
+
+def _mask_index(plan: Any, records: list[dict[str, Any]], regions: list[Any], masks_root: Path,
+                inputs: dict[str, Any]) -> dict[str, Any]:
+    """What `compare overlap` needs to read the masks: format, fingerprints and one entry per matrix and phase."""
+    by_name = {r["canonical"]: r for r in records}
+    entries = []
+    for phase in plan.phases:
+        for tp in plan.tensors:
+            info = by_name[tp.canonical].get("masks", {}).get(phase)
+            if not tp.is_matrix:
+                continue
+            if info is None or not (masks_root / info["file"]).exists():
+                raise OutputError(f"the changed-entry mask of {tp.canonical} ({phase}) is missing from the cache "
+                                  f"{masks_root}; rerun with --overwrite to recompute it.")
+            entries.append({"phase": phase, "canonical": tp.canonical, "name": tp.name, "shape": list(tp.shape),
+                            "numel": tp.numel, "n_changed": info["n_changed"], "file": info["file"],
+                            "section": tp.info.section, "layer": tp.info.layer, "block": tp.info.block,
+                            "kind": tp.info.kind, "regions": [r.name for r in regions if r.contains(tp.info)]})
+    return {"format": MASK_FORMAT, "phases": list(plan.phases), "family": plan.adapter.family,
+            "fingerprints": {r: v["fingerprint"] for r, v in inputs.items()},
+            "regions": [r.name for r in regions], "tensors": entries}
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """dst mirrors src's files as hard links (a copy where links are not possible)."""
+    for f in sorted(src.rglob("*.bits")):
+        target = dst / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+
+
+def _write_outputs(out: Path, result: CompareResult, spans: list[tuple[str, int, int]], plots: bool,
+                   masks: tuple[Path, dict[str, Any]] | None = None) -> list[str]:
     """Stage everything, then move it into `out`; the manifest and done marker come after this."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".staging-*"):  # left by a run killed while staging
@@ -123,6 +185,9 @@ def _write_outputs(out: Path, result: CompareResult, spans: list[tuple[str, int,
         for name, columns in TABLES.items():
             write_table(agg.public(getattr(result, name)), stage / name, columns=list(columns))
         write_json(stage / "summary.json", result.summary)
+        if masks is not None:
+            _link_tree(masks[0], stage / MASKS_DIR)
+            write_json(stage / MASKS_DIR / "index.json", masks[1])
         if plots:
             from frankenlab.compare.plots import write_plots  # matplotlib only when figures are wanted
 
@@ -136,7 +201,8 @@ def _write_outputs(out: Path, result: CompareResult, spans: list[tuple[str, int,
                 if target.exists():
                     shutil.rmtree(target)
                 os.replace(p, target)
-                written += [f"{p.name}/{q.name}" for q in sorted(target.iterdir())]
+                written += [f"{p.name}/{q.name}" for q in sorted(target.iterdir())] if p.name != MASKS_DIR \
+                    else [f"{MASKS_DIR}/index.json", f"{MASKS_DIR}/<phase>/<canonical>.bits"]
             else:
                 os.replace(p, target)
                 written.append(p.name)
@@ -157,23 +223,35 @@ def compare_checkpoints(
     svd: str = "auto",
     top_k: int = 32,
     oversample: int = 8,
-    niter: int = 4,
+    niter: int = 8,
     exact_max_dim: int = 1024,
     seed: int = 0,
+    subspace_k: int = 16,
+    rank_tol: float = 1e-3,
+    sparsity_tols: str | tuple[float, ...] | None = None,
+    masks: bool = False,
     cuts: str | tuple[int, ...] | None = None,
     device: str = "auto",
     threads: int | None = None,
     plots: bool = True,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    prefetch: bool = True,
 ) -> CompareResult:
     """What did each phase change, per tensor, layer, module kind and region.
 
     With `base`, ΔIN = IN − BASE and ΔRL = RL − IN; without, ΔRL only. Tensors stream one at a
     time in float32. With `out_dir`, results are cached per tensor there, so an interrupted run
     resumes and a finished one (same inputs and settings) is read back instead of recomputed.
+    Geometry of W_ref → W_after (top-`subspace_k` singular subspaces) is computed unless
+    svd='none' or subspace_k=0; `masks` writes bit-packed changed-entry masks for `compare overlap`
+    (needs `out_dir`). `prefetch` reads the next tensor ahead on a background thread (results are
+    identical either way; off only to measure what it saves).
     """
-    settings = SpectrumSettings(svd, top_k, oversample, niter, exact_max_dim, seed)
+    settings = SpectrumSettings(svd, top_k, oversample, niter, exact_max_dim, seed, subspace_k, rank_tol)
+    tols = parse_tols(sparsity_tols)
+    if masks and out_dir is None:
+        raise CompareError("masks=True needs out_dir: the masks are files for `frankenlab compare overlap`.")
     if threads is not None and threads < 1:
         raise CompareError(f"threads must be ≥ 1 (got {threads}); leave it unset to use every CPU core.")
     t0 = time.time()
@@ -197,7 +275,8 @@ def compare_checkpoints(
                       "model_type": c.model_type} for r, c in ckpts.items()}
         spectrum_settings = asdict(settings)
         compute_key = settings_key({"fingerprints": {r: v["fingerprint"] for r, v in inputs.items()},
-                                    "spectrum": spectrum_settings, "version": CACHE_VERSION})
+                                    "spectrum": spectrum_settings, "sparsity_tols": list(tols), "masks": masks,
+                                    "version": CACHE_VERSION})
         output_key = settings_key({"compute": compute_key, "cuts": cut_list, "plots": plots})
         out = Path(out_dir).resolve() if out_dir is not None else None
         cache = None
@@ -209,8 +288,10 @@ def compare_checkpoints(
             if state == "resume":
                 _remove_finals(out)
             cache = ResultCache(out / CACHE_DIR / f"{compute_key}.jsonl")
+        masks_root = out / CACHE_DIR / f"{compute_key}.masks" if out is not None and masks else None
+        writer = MaskWriter(masks_root) if masks_root is not None else None
         with cpu_threads(threads) as n_threads:
-            records, computed = walk(plan, ckpts, settings, dev, cache, progress)
+            records, computed = walk(plan, ckpts, settings, dev, cache, progress, tols, writer, prefetch)
 
     tensors = agg.tensors_table(plan, records)
     layers = agg.layers_table(tensors)
@@ -219,13 +300,17 @@ def compare_checkpoints(
     result = CompareResult(
         tensors=tensors, layers=layers, kinds=agg.kinds_table(tensors), regions=region_table, spectra=spectra,
         region_spectra=agg.region_spectra_table(spectra, plan, regions),
+        sparsity=agg.sparsity_table(plan, records),
         summary=agg.build_summary(plan, tensors, layers, region_table, spectrum_settings),
         out_dir=out, computed=computed,
     )
     result.summary["cuts"] = cut_list
     result.summary["regions"] = [r.describe(plan.adapter) for r in regions]
+    result.summary["sparsity_tols"] = list(tols)
+    result.summary["masks"] = bool(masks)
     args = {"svd": svd, "top_k": top_k, "oversample": oversample, "niter": niter, "exact_max_dim": exact_max_dim,
-            "seed": seed, "cuts": cut_list, "device": device, "threads": threads, "plots": plots}
+            "seed": seed, "subspace_k": subspace_k, "rank_tol": rank_tol, "sparsity_tols": list(tols),
+            "masks": masks, "cuts": cut_list, "device": device, "threads": threads, "plots": plots}
     result.manifest = build_manifest("compare", args=args, inputs={r: v["path"] for r, v in inputs.items()},
                                      seed=seed, extra={
                                          "checkpoints": inputs, "compute_key": compute_key, "output_key": output_key,
@@ -234,7 +319,9 @@ def compare_checkpoints(
                                      })
     if out is not None:
         spans = [(r.name, *r.unified_span(plan.adapter)) for r in (partition.regions() if partition else [])]
-        files = _write_outputs(out, result, spans, plots)
+        mask_files = (masks_root, _mask_index(plan, records, regions, masks_root, inputs)) \
+            if masks_root is not None else None
+        files = _write_outputs(out, result, spans, plots, mask_files)
         result.manifest["files"] = files + ["manifest.json"]
         result.manifest["elapsed_s"] = round(time.time() - t0, 3)
         write_manifest(out, result.manifest)

@@ -13,22 +13,29 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from frankenlab.arch.base import Adapter, TensorInfo
 from frankenlab.checkpoint import Checkpoint
 from frankenlab.compare.metrics import (
+    DEFAULT_SPARSITY_TOLS,
     DeltaFacts,
+    RelativeCounts,
     RunningStats,
+    Spectrum,
     SpectrumSettings,
     compute_metrics,
     dot,
     spectrum_if_wanted,
+    zero_spectrum,
 )
+from frankenlab.compare.spectra import Geometry, gram, oriented, phase_geometry, singular_values_from_gram
 from frankenlab.errors import CompareError
 
 log = logging.getLogger(__name__)
@@ -206,63 +213,223 @@ class Workspace:
         return buf[:numel]
 
 
-def _phase_record(stats: RunningStats, ref: RunningStats, delta: torch.Tensor | None, tp: TensorPlan,
-                  method: str | None, settings: SpectrumSettings) -> dict[str, Any]:
-    spec = spectrum_if_wanted(delta, stats.fro, method, settings) if delta is not None else None
-    rec: dict[str, Any] = compute_metrics(DeltaFacts(stats, ref.fro, spec, delta))
-    rec["ref_fro"] = ref.fro
+PHASE_ROLES = {"in": ("base", "in"), "rl": ("in", "rl")}  # phase → (W_ref role, W_after role)
+
+
+class MaskWriter:
+    """Bit-packed changed-entry masks (Δ ≠ 0), one file per matrix and phase, streamed block by block.
+
+    `<root>/<phase>/<canonical>.bits` holds numpy `packbits` (big bit order) of the flattened,
+    C-order mask, zero-padded to a whole byte. A file appears only once complete (temporary + rename).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def open(self, canonical: str, phase: str) -> _BitFile:
+        return _BitFile(self.root / phase / f"{canonical}.bits", f"{phase}/{canonical}.bits")
+
+
+class _BitFile:
+    def __init__(self, path: Path, rel: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.rel = path, rel
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._fh = self.tmp.open("wb")
+        self._carry = np.zeros(0, dtype=bool)
+        self.numel = 0
+        self.changed = 0
+
+    def add(self, mask: torch.Tensor) -> None:
+        bits = mask.reshape(-1).cpu().numpy()
+        self.numel += bits.size
+        self.changed += int(np.count_nonzero(bits))
+        if self._carry.size:
+            bits = np.concatenate([self._carry, bits])
+        whole = bits.size // 8 * 8
+        self._fh.write(np.packbits(bits[:whole]).tobytes())
+        self._carry = bits[whole:].copy()
+
+    def commit(self) -> dict[str, Any]:
+        if self._carry.size:
+            self._fh.write(np.packbits(self._carry).tobytes())
+        self._fh.close()
+        os.replace(self.tmp, self.path)
+        return {"file": self.rel, "numel": self.numel, "n_changed": self.changed}
+
+    def abort(self) -> None:
+        self._fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+@contextlib.contextmanager
+def _stored(tp: TensorPlan, ckpts: dict[str, Checkpoint]) -> Iterator[dict[str, torch.Tensor]]:
+    """The tensor as stored in each checkpoint (memory-mapped, flat); shard maps dropped afterwards,
+    since pages touched through an open map count as our resident memory."""
+    stored = {r: c.read(c.disk_name(tp.canonical)).reshape(-1) for r, c in ckpts.items()}
+    try:
+        yield stored
+    finally:
+        stored.clear()
+        for c in ckpts.values():
+            c.close()
+
+
+def _phase_record(facts: DeltaFacts, settings: SpectrumSettings) -> dict[str, Any]:
+    spec = facts.spectrum
+    rec: dict[str, Any] = compute_metrics(facts)
+    rec["ref_fro"] = facts.ref_fro
     rec["svd_method"] = spec.method if spec is not None else None
     rec["effective_rank_scope"] = spec.scope if spec is not None else None
     rec["spectrum"] = [float(v) for v in spec.values[: settings.top_k]] if spec is not None else []
+    rec["subspace_k"] = facts.geometry.k if facts.geometry is not None else None
+    rel = facts.relative
+    rec["sparsity"] = [[t, f] for t, f in rel.frac_changed().items()] if rel is not None else []
     return rec
 
 
-def compare_tensor(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: SpectrumSettings,
-                   work: Workspace) -> dict[str, Any]:
+def compare_tensor(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: SpectrumSettings, work: Workspace,
+                   tols: tuple[float, ...] = DEFAULT_SPARSITY_TOLS, masks: MaskWriter | None = None) -> dict[str, Any]:
     """All phase metrics of one tensor (and cos(ΔIN, ΔRL) with a base), as a JSON-able record.
 
-    The stored tensors (memory-mapped, in their own dtype) are walked in blocks of `_BLOCK`
-    entries: each block is upcast to float32 *before* subtracting, and its statistics are
-    accumulated in float64. A whole float32 delta is kept only when its spectrum is wanted.
+    Pass 1 walks the stored tensors (memory-mapped, in their own dtype) in flat blocks of `_BLOCK`
+    entries: each block is upcast to float32 *before* subtracting, and norms, counts, the tolerance
+    sweep and the masks are accumulated (float64 sums). Exact spectra and the subspace geometry
+    then stream the stored tensors again in float64 column blocks (`spectra`): Gram matrices, never
+    a whole float32 copy. Only a lowrank spectrum keeps the whole float32 delta.
     """
     dtype = _compute_dtype(tp)
     method = settings.method_for(tp.shape)
     has_base = "base" in ckpts
     phases = ("in", "rl") if has_base else ("rl",)
     n = tp.numel
-    full = {p: work.take(f"delta_{p}", n, dtype) for p in phases} if method is not None else {}
+    full = {p: work.take(f"delta_{p}", n, dtype) for p in phases} if method == "lowrank" else {}
     ref = {p: RunningStats() for p in phases}
     stats = {p: RunningStats() for p in phases}
+    rel = {p: RelativeCounts(tols) for p in phases}
+    bits = {p: masks.open(tp.canonical, p) for p in phases} if masks is not None and tp.is_matrix else {}
     dot_in_rl = 0.0
-    stored = {r: c.read(c.disk_name(tp.canonical)).reshape(-1) for r, c in ckpts.items()}
     try:
-        for lo in range(0, n, _BLOCK):
-            hi = min(n, lo + _BLOCK)
-            w_in = work.take("block_in", hi - lo, dtype).copy_(stored["in"][lo:hi])
-            d_in = None
-            if has_base:
-                d_in = full["in"][lo:hi] if full else work.take("block_base", hi - lo, dtype)
-                d_in.copy_(stored["base"][lo:hi])
-                ref["in"].update(d_in, norm_only=True)
-                d_in.neg_().add_(w_in)  # IN − BASE in place
-                stats["in"].update(d_in)
-            ref["rl"].update(w_in, norm_only=True)
-            d_rl = full["rl"][lo:hi] if full else work.take("block_rl", hi - lo, dtype)
-            d_rl.copy_(stored["rl"][lo:hi]).sub_(w_in)  # RL − IN
-            stats["rl"].update(d_rl)
-            if d_in is not None:
-                dot_in_rl += dot(d_in, d_rl)
-    finally:
-        stored.clear()
-        for c in ckpts.values():  # drop the shards' maps: pages touched through them count as our RSS
-            c.close()
-    out = {p: _phase_record(stats[p], ref[p], full[p].view(tp.shape) if full else None, tp, method, settings)
-           for p in phases}
+        with _stored(tp, ckpts) as stored:
+            for lo in range(0, n, _BLOCK):
+                hi = min(n, lo + _BLOCK)
+                w_in = work.take("block_in", hi - lo, dtype).copy_(stored["in"][lo:hi])
+                d_in = None
+                if has_base:
+                    w_base = work.take("block_base", hi - lo, dtype).copy_(stored["base"][lo:hi])
+                    ref["in"].update(w_base, norm_only=True)
+                    d_in = full["in"][lo:hi] if full else work.take("block_d_in", hi - lo, dtype)
+                    torch.sub(w_in, w_base, out=d_in)  # IN − BASE
+                    stats["in"].update(d_in)
+                    rel["in"].update(d_in, w_base, work.take)
+                ref["rl"].update(w_in, norm_only=True)
+                d_rl = full["rl"][lo:hi] if full else work.take("block_rl", hi - lo, dtype)
+                d_rl.copy_(stored["rl"][lo:hi]).sub_(w_in)  # RL − IN
+                stats["rl"].update(d_rl)
+                rel["rl"].update(d_rl, w_in, work.take)
+                if d_in is not None:
+                    dot_in_rl += dot(d_in, d_rl)
+                for p, d in (("in", d_in), ("rl", d_rl)):
+                    if p in bits:
+                        bits[p].add(torch.ne(d, 0, out=work.take("mask", hi - lo, torch.bool)))
+        mask_info = {p: b.commit() for p, b in bits.items()}
+    except BaseException:
+        for b in bits.values():
+            b.abort()
+        raise
+    specs: dict[str, Spectrum | None] = {}
+    for p in phases:
+        if method == "lowrank":
+            specs[p] = spectrum_if_wanted(full[p].view(tp.shape), stats[p].fro, method, settings)
+        elif method == "exact" and stats[p].fro == 0:
+            specs[p] = zero_spectrum(tp.shape, method, settings)
+        elif method == "exact":
+            before, after = PHASE_ROLES[p]
+            with _stored(tp, ckpts) as stored:
+                pair = (oriented(stored[after], tp.shape), oriented(stored[before], tp.shape))
+                values = singular_values_from_gram(gram(pair, work.device))
+            specs[p] = Spectrum(values, True, "exact", settings.top_k)
+        else:
+            specs[p] = None
+    geo: dict[str, Geometry] = {}
+    if settings.geometry_for(tp.shape):
+        with _stored(tp, ckpts) as stored:
+            mats = {r: oriented(stored[r], tp.shape) for r in stored}
+            geo = phase_geometry(mats, {p: PHASE_ROLES[p] for p in phases}, settings.subspace_k, work.device,
+                                 {p for p in phases if stats[p].fro == 0}, settings.seed)
+    out = {p: _phase_record(DeltaFacts(stats[p], ref[p].fro, specs[p], None, rel[p], geo.get(p), tp.shape,
+                                       settings.rank_tol), settings) for p in phases}
     cos = None
     if has_base:
         denom = stats["in"].fro * stats["rl"].fro
         cos = dot_in_rl / denom if denom > 0 else float("nan")
-    return {"canonical": tp.canonical, "name": tp.name, "phases": out, "cos_in_rl": cos}
+    rec: dict[str, Any] = {"canonical": tp.canonical, "name": tp.name, "phases": out, "cos_in_rl": cos}
+    if mask_info:
+        rec["masks"] = mask_info
+    return rec
+
+
+# -- read-ahead --------------------------------------------------------------------------------
+class Prefetcher:
+    """Reads the next tensor's bytes into the page cache on a background thread.
+
+    The walk is I/O-bound on a cold cache: computing on tensor i while the kernel fetches tensor i+1
+    hides one behind the other. `pread` into a small reused buffer fills the page cache without
+    growing our resident memory (cached file pages are not ours), and releases the GIL while it
+    waits on the disk. Read-ahead is advisory: a failed read is logged and counted, and the real
+    read then reports the error.
+    """
+
+    CHUNK = 8 << 20
+
+    def __init__(self, ckpts: dict[str, Checkpoint]) -> None:
+        self._ckpts = ckpts
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frankenlab-readahead")
+        self._buf = bytearray(self.CHUNK)
+        self.bytes_read = 0
+        self.failures = 0
+
+    def ranges(self, tp: TensorPlan) -> list[tuple[Path, int, int]]:
+        out = []
+        for c in self._ckpts.values():
+            meta = c.meta(c.disk_name(tp.canonical))
+            out.append((c.root / meta.file, meta.offset, meta.nbytes))
+        return out
+
+    def _read(self, ranges: list[tuple[Path, int, int]]) -> int:
+        done = 0
+        view = memoryview(self._buf)
+        for path, offset, nbytes in ranges:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                self.failures += 1
+                log.warning("read-ahead of %s failed (%s); reading on demand instead", path, exc)
+                continue
+            try:
+                pos, end = offset, offset + nbytes
+                while pos < end:
+                    got = os.preadv(fd, [view[: min(self.CHUNK, end - pos)]], pos)
+                    if got <= 0:
+                        break
+                    pos += got
+                    done += got
+            except OSError as exc:
+                self.failures += 1
+                log.warning("read-ahead of %s failed (%s); reading on demand instead", path, exc)
+            finally:
+                os.close(fd)
+        self.bytes_read += done
+        return done
+
+    def ahead(self, tp: TensorPlan | None) -> None:
+        """Start fetching `tp` (None: nothing); at most one read-ahead runs, later ones queue behind it."""
+        if tp is not None:
+            self._pool.submit(self._read, self.ranges(tp))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- the resumable cache -----------------------------------------------------------------------
@@ -315,8 +482,13 @@ class ResultCache:
 
 
 def walk(plan: ComparePlan, ckpts: dict[str, Checkpoint], settings: SpectrumSettings, device: torch.device,
-         cache: ResultCache | None = None, progress: ProgressFn | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Records for every planned tensor, reusing cached ones; returns (records, number computed)."""
+         cache: ResultCache | None = None, progress: ProgressFn | None = None,
+         tols: tuple[float, ...] = DEFAULT_SPARSITY_TOLS,
+         masks: MaskWriter | None = None, prefetch: bool = True) -> tuple[list[dict[str, Any]], int]:
+    """Records for every planned tensor, reusing cached ones; returns (records, number computed).
+
+    With `prefetch`, the next tensor still to compute is read ahead while the current one is computed.
+    """
     done = cache.load({t.canonical for t in plan.tensors}, plan.phases) if cache is not None else {}
     if done:
         log.info("resuming: %d of %d tensors already computed", len(done), len(plan.tensors))
@@ -324,12 +496,19 @@ def walk(plan: ComparePlan, ckpts: dict[str, Checkpoint], settings: SpectrumSett
     work = Workspace(device)
     computed = 0
     numel_done = 0
+    todo = [tp for tp in plan.tensors if tp.canonical not in done]
+    following = {a.canonical: b for a, b in zip(todo, todo[1:], strict=False)}
+    reader = Prefetcher(ckpts) if prefetch and todo else None
     try:
+        if reader is not None:
+            reader.ahead(todo[0])
         for i, tp in enumerate(plan.tensors):
             rec = done.get(tp.canonical)
             cached = rec is not None
             if rec is None:
-                rec = compare_tensor(tp, ckpts, settings, work)
+                if reader is not None:
+                    reader.ahead(following.get(tp.canonical))
+                rec = compare_tensor(tp, ckpts, settings, work, tols, masks)
                 computed += 1
                 if cache is not None:
                     cache.append(rec)
@@ -338,6 +517,10 @@ def walk(plan: ComparePlan, ckpts: dict[str, Checkpoint], settings: SpectrumSett
             if progress is not None:
                 progress(ProgressEvent(i + 1, len(plan.tensors), tp.name, numel_done, plan.total_numel, cached))
     finally:
+        if reader is not None:
+            reader.close()
+            if reader.failures:
+                log.warning("read-ahead failed %d time(s); those tensors were read on demand", reader.failures)
         if cache is not None:
             cache.close()
     return records, computed
