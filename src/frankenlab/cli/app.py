@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 import frankenlab
+from frankenlab.cli.options import Threads, apply_threads
 from frankenlab.errors import FrankenlabError
 
 app = typer.Typer(
@@ -34,8 +35,17 @@ def root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch in any command "
+                                                "(sets $FRANKENLAB_THREADS; a command's own --threads wins).")]
+    = None,
 ) -> None:
     _state["debug"] = debug
+    if threads is not None:
+        import os
+
+        from frankenlab.runtime.threads import ENV
+
+        os.environ[ENV] = str(threads)
 
 
 def _human(n: float) -> str:
@@ -51,8 +61,10 @@ def info(
     ckpt: Annotated[str, typer.Argument(help="Checkpoint directory or hub id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     cuts: Annotated[str | None, typer.Option(help="LLM partition cuts, e.g. '8,20' (default: thirds).")] = None,
+    threads: Threads = None,
 ) -> None:
     """Architecture, unified layer map, regions, sizes and fingerprint of a checkpoint."""
+    apply_threads(threads)
     from frankenlab.checkpoint import Checkpoint
     from frankenlab.info import describe
 

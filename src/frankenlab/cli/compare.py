@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from frankenlab.cli.options import Threads, apply_threads
 from frankenlab.errors import CompareError
 
 compare_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -44,8 +45,7 @@ def compare_cmd(
     cuts: Annotated[str | None, typer.Option("--cuts", help="LLM partition cuts, e.g. '8,20' (default: thirds).")]
     = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when available), cpu, cuda or cuda:N.")] = "auto",
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: every core).")]
-    = None,
+    threads: Threads = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the randomized SVD.")] = 0,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG figures into OUT/plots.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished comparison in OUT made with other "
@@ -112,12 +112,15 @@ def overlap_cmd(
     phase_a: Annotated[str, typer.Option("--phase-a", help="Update of A: rl (ΔRL) or in (ΔIN, needs --base).")]
     = "rl",
     phase_b: Annotated[str, typer.Option("--phase-b", help="Update of B: rl or in.")] = "rl",
+    threads: Threads = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write OUT/plots/overlap_layers.png.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier overlap output in OUT.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
 ) -> None:
     """Jaccard overlap of two updates' changed entries vs the independence null, per matrix, layer and region."""
     from frankenlab.compare.overlap import compare_overlap
+
+    apply_threads(threads)
 
     for flag, phase in (("--phase-a", phase_a), ("--phase-b", phase_b)):
         if phase not in ("in", "rl"):

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from frankenlab.cli.options import Threads
+
 
 def eval_cmd(
     models: Annotated[list[str], typer.Argument(help="Checkpoint directories or hub ids, optionally LABEL=PATH.")],
@@ -31,10 +33,15 @@ def eval_cmd(
         "--max-new-tokens", min=1, help="Answer length limit for every item (default: per item kind, perception 256, "
         "reasoning 1024).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per generate call.")] = 16,
-    do_sample: Annotated[bool, typer.Option("--do-sample/--greedy", help="Sampling (default: greedy).")] = False,
-    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
-    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
-    gen_seed: Annotated[int, typer.Option("--gen-seed", help="Sampling seed.")] = 0,
+    do_sample: Annotated[bool, typer.Option("--do-sample/--greedy", help="Sample the main answer too (default: "
+                                            "greedy).")] = False,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Also draw N sampled answers per item and "
+                                         "setting and report pass@k (passk.csv); the greedy pass is unchanged.")] = 0,
+    temperature: Annotated[float, typer.Option("--temperature", help="Temperature of --samples and --do-sample "
+                                               "(0 only with --samples 1).")] = 1.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus of --samples and --do-sample.")] = 1.0,
+    gen_seed: Annotated[int, typer.Option("--gen-seed", help="Sampling seed (--samples: sample i of an item is "
+                                          "seeded from it, the item and i).")] = 0,
     use_generation_config: Annotated[bool, typer.Option("--use-generation-config", help="Apply each checkpoint's "
                                                         "generation_config.json (always reported).")] = False,
     dtype: Annotated[str | None, typer.Option("--dtype", help="bf16, fp16, fp32 (default: as stored).")] = None,
@@ -63,6 +70,7 @@ def eval_cmd(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Redo items recorded as failed.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard an earlier eval in OUT.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots")] = True,
+    threads: Threads = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
 ) -> None:
     """Accuracy per task and setting, M_vis / M_v2r / M_rea with 95 % intervals, paired model comparisons."""
@@ -71,8 +79,12 @@ def eval_cmd(
     from frankenlab.eval.models import label_models
     from frankenlab.runtime.generate import GenerationSettings
 
-    generation = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                    top_p=top_p, seed=gen_seed, batch_size=batch_size, system_prompt=system_prompt)
+    # greedy main answers record neutral sampling fields, so that --samples' temperature / top-p / seed can
+    # change between runs into one --out without the greedy records looking as if drawn otherwise
+    generation = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                    temperature=temperature if do_sample else 1.0, top_p=top_p if do_sample else 1.0,
+                                    seed=gen_seed if do_sample else 0, batch_size=batch_size,
+                                    system_prompt=system_prompt)
     sources = label_models(models, model_label)
     chosen = [x for x in (descriptions, describer_url or describer_model, describer_local) if x]
     if len(chosen) > 1:
@@ -104,6 +116,8 @@ def eval_cmd(
 
         def on_progress(ev: ProgressEvent) -> None:
             name = ev.model or "describe"
+            if ev.kind.startswith("sample"):
+                name += " samples"
             if name not in bars:
                 bars[name] = bar.add_task("", total=ev.total, label=name)
             desc = ""
@@ -112,12 +126,16 @@ def eval_cmd(
                 desc = f"{r['task']}/{r['setting']}" + (" [red]failed[/red]" if r.get("error") else "")
             bar.update(bars[name], total=ev.total, completed=ev.done, description=desc)
 
-        res = evaluate(sources, tasks, settings, out, generation=generation, limit=limit, seed=seed,
-                       system_prompt=system_prompt, prompt_suffix=prompt_suffix,
-                       use_generation_config=use_generation_config, backend=backend, dtype=dtype, device=device,
-                       tensor_parallel_size=tensor_parallel_size, timeout_s=timeout, n_boot=n_boot,
-                       retry_failed=retry_failed, plots=plots, descriptions=desc_source, judge=judge,
-                       overwrite=overwrite, progress=on_progress)
+        from frankenlab.runtime.threads import torch_threads
+
+        with torch_threads(threads):
+            res = evaluate(sources, tasks, settings, out, generation=generation, limit=limit, seed=seed,
+                           system_prompt=system_prompt, prompt_suffix=prompt_suffix,
+                           use_generation_config=use_generation_config, backend=backend, dtype=dtype, device=device,
+                           tensor_parallel_size=tensor_parallel_size, timeout_s=timeout, n_boot=n_boot,
+                           retry_failed=retry_failed, plots=plots, descriptions=desc_source, judge=judge,
+                           overwrite=overwrite, progress=on_progress, samples=samples,
+                           sample_temperature=temperature, sample_top_p=top_p, sample_seed=gen_seed)
     if quiet:
         return
     table = Table(title="Accuracy (95 % Wilson CI; failed items count as wrong)")
@@ -137,6 +155,12 @@ def eval_cmd(
             table.add_row(str(r["model"]), str(r["metric"]), str(r["n"]), _pct(r["value"]),
                           f"{_pct(r['ci_low'])}–{_pct(r['ci_high'])}", counts, str(r["n_failed"]))
         con.print(table)
+    if res.passk is not None:
+        for (model, task, setting), rows in res.passk.groupby(["model", "task", "setting"], sort=False):
+            ks = "  ".join(f"@{r.k} {_pct(r.pass_at_k)} ({_pct(r.low)}–{_pct(r.high)})" for r in rows.itertuples())
+            con.print(f"pass@k {model} {task}/{setting} (n={rows['n'].iloc[0]}): {ks}")
+        con.print(f"{res.n_sample_new} new sample(s), {res.n_sample_records} in all, {res.n_sample_failed} failed "
+                  f"(samples.jsonl, passk.csv)")
     con.print(f"{res.n_new} new record(s), {res.n_records} in all, {res.n_failed} failed; results in [bold]{out}"
               "[/bold] (items.jsonl, summary/metrics/comparisons .csv+.parquet, plots, manifest.json)")
 

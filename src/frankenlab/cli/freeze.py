@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from frankenlab.cli.options import Threads, apply_threads
+
 freeze_app = typer.Typer(help="Freeze regions for RL, emit them for other trainers, verify they held.",
                          no_args_is_help=True)
 
@@ -24,8 +26,10 @@ def verify_cmd(
     frozen: Frozen,
     cuts: Cuts = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    threads: Threads = None,
 ) -> None:
     """Exit 0 when every frozen tensor is bit-identical, 1 when one is not (listed), 2 on bad input."""
+    apply_threads(threads)
     from frankenlab.freeze import verify_frozen
 
     r = verify_frozen(before, after, frozen, cuts)
@@ -51,8 +55,10 @@ def emit_cmd(
     layout: Annotated[str, typer.Option(help="Name layout: transformers5 (in-memory, what trainers see) or hub.")]
     = "transformers5",
     cuts: Cuts = None,
+    threads: Threads = None,
 ) -> None:
     """Print the frozen parameters as a regex or a list, for trainers configured by names."""
+    apply_threads(threads)
     from frankenlab.checkpoint import Checkpoint
     from frankenlab.errors import FreezeError
     from frankenlab.freeze import emit_list, emit_regex, parse_freeze
@@ -73,8 +79,10 @@ def show_cmd(
     ckpt: Annotated[str, typer.Argument(help="Checkpoint.")],
     frozen: Frozen,
     cuts: Cuts = None,
+    threads: Threads = None,
 ) -> None:
     """Parameters and trainable parameters per region once the spec is applied (from headers only)."""
+    apply_threads(threads)
     from frankenlab.checkpoint import Checkpoint
     from frankenlab.freeze import parse_freeze
     from frankenlab.regions import standard_regions

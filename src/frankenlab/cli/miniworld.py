@@ -26,6 +26,8 @@ def build_cmd(
     n_eval: Annotated[int | None, typer.Option(help="Held-out test items (default and most 2000; --fast 64).")]
     = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads for training (default 1: the "
+                                                               "build is then bit-identical across runs).")] = 1,
 ) -> None:
     """Train IN (SFT) and RL (GRPO), plus RL with early / mid / late decoder blocks frozen, and evaluate all.
 
@@ -36,8 +38,8 @@ def build_cmd(
     """
     from frankenlab.miniworld.build import BuildConfig, build_miniworld
 
-    overrides = {k: v for k, v in {"sft_steps": sft_steps, "rl_steps": rl_steps, "n_eval": n_eval}.items()
-                 if v is not None}
+    overrides = {k: v for k, v in {"sft_steps": sft_steps, "rl_steps": rl_steps, "n_eval": n_eval,
+                                   "threads": threads}.items() if v is not None}
     cfg = BuildConfig.preset(fast=fast, seed=seed, **overrides)
     con = Console(stderr=True)
     start = time.perf_counter()

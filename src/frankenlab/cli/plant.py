@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from frankenlab.cli.options import Threads, apply_threads
+
 plant_app = typer.Typer(help="Planted-truth pairs: an RL checkpoint whose difference from SRC is known by "
                              "construction (null: none; noise: uniform relative noise), to check verdicts.",
                         no_args_is_help=True)
@@ -35,10 +37,12 @@ def _report(record: Any, out: Path, as_json: bool) -> None:
 
 
 @plant_app.command("null")
-def null_cmd(src: Src, out: Out, overwrite: Overwrite = False, as_json: AsJson = False) -> None:
+def null_cmd(src: Src, out: Out, overwrite: Overwrite = False, as_json: AsJson = False,
+             threads: Threads = None) -> None:
     """OUT = a byte copy of SRC: every verdict on (SRC, OUT) must find no change."""
     from frankenlab.planted import plant_null
 
+    apply_threads(threads)
     _report(plant_null(src, out, overwrite=overwrite), out, as_json)
 
 
@@ -54,9 +58,11 @@ def noise_cmd(
     cuts: Annotated[str | None, typer.Option(help="LLM partition cuts, e.g. '8,20' (default: thirds).")] = None,
     overwrite: Overwrite = False,
     as_json: AsJson = False,
+    threads: Threads = None,
 ) -> None:
     """OUT = SRC plus the same small relative Gaussian noise on each weight matrix of REGION; all else bit-identical."""
     from frankenlab.planted import plant_noise
 
+    apply_threads(threads)
     _report(plant_noise(src, out, scale=scale, seed=seed, region=region, cuts=cuts, overwrite=overwrite), out,
             as_json)

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from frankenlab.cli.options import Threads, apply_threads
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -83,9 +85,11 @@ def vision_cmd(
     device: Device = "cpu",
     plots: Plots = True,
     overwrite: Overwrite = False,
+    threads: Threads = None,
     quiet: Quiet = False,
 ) -> None:
     """Swap the image tokens' K/V with a source image's at layers ≥ L (or L only); change and flip rates."""
+    apply_threads(threads)
     from frankenlab.probe import VisionProbeSettings, parse_layers, run_vision_probe
     from frankenlab.probe.run import describe_model
 
@@ -122,9 +126,11 @@ def ablate_cmd(
     device: Device = "cpu",
     plots: Plots = True,
     overwrite: Overwrite = False,
+    threads: Threads = None,
     quiet: Quiet = False,
 ) -> None:
     """Skip each decoder layer in turn; accuracy and gold-answer log-prob against the unablated model."""
+    apply_threads(threads)
     from frankenlab.probe import AblationSettings, parse_layers, run_ablation
     from frankenlab.probe.run import describe_model
 
@@ -185,9 +191,11 @@ def attention_cmd(
     device: Device = "cpu",
     plots: Plots = True,
     overwrite: Overwrite = False,
+    threads: Threads = None,
     quiet: Quiet = False,
 ) -> None:
     """Share of response-token attention on image tokens per layer and head, IN vs RL, shared and own responses."""
+    apply_threads(threads)
     from frankenlab.probe import AttentionProbeSettings, run_attention_probe
 
     specs = [s.strip() for t in (tasks or []) for s in t.split(",") if s.strip()] or None
@@ -212,11 +220,103 @@ def pairs_make_cmd(
     n: Annotated[int, typer.Option("--n", help="Pairs per task (counting, ocr, grounding, recognition).")] = 50,
     seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed writes the same set.")] = 0,
     overwrite: Overwrite = False,
+    threads: Threads = None,
 ) -> None:
     """Write a built-in probe pair set drawn procedurally (deterministic in the seed, offline)."""
+    apply_threads(threads)
     from frankenlab.io import atomic_dir
     from frankenlab.miniworld.probe_pairs import write_probe_pairs
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_probe_pairs(tmp, n_per_task=n, seed=seed)
     typer.echo(f"wrote {4 * n} pairs to {out / 'pairs.jsonl'}")
+
+
+# --- probe kl (begin) ---
+@probe_app.command("kl")
+def kl_cmd(
+    in_: Annotated[str, typer.Option("--in", help="IN checkpoint (supervised cold start).")],
+    rl: Annotated[str, typer.Option("--rl", help="RL checkpoint (IN after RL).")],
+    tasks: Annotated[list[str], typer.Option("--tasks", help="Task file (.jsonl/.parquet), gsm8k, math500 or "
+                                                             "miniworld[:family]; repeat or comma-separate.")],
+    out: Out,
+    response: Annotated[str, typer.Option("--response", help="Shared response both models are teacher-forced on: "
+                                                             "rl (RL's greedy answer), in, or gold.")] = "rl",
+    top: Annotated[int, typer.Option("--top", min=0, help="Rows of kl_top.csv (largest KL(RL‖IN)).")] = 50,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per generate batch and "
+                                                                        "forward.")] = 4,
+    max_new_tokens: MaxNew = None,
+    system_prompt: System = None,
+    limit: Limit = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for generated tasks and the bootstrap.")] = 0,
+    dtype: Dtype = None,
+    device: Device = "cpu",
+    threads: Threads = None,
+    plots: Plots = True,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Per-token KL between IN and RL on one shared response, by position class (prompt, image, reasoning, answer)."""
+    apply_threads(threads)
+    from frankenlab.errors import ProbeError
+    from frankenlab.probe.kl import KLSettings, run_kl
+
+    if response not in ("rl", "in", "gold"):
+        raise ProbeError(f"--response must be rl, in or gold, got {response!r}.")
+    specs = [s.strip() for t in tasks for s in t.split(",") if s.strip()]
+    settings = KLSettings(response=response, top=top, batch_size=batch_size, system_prompt=system_prompt, seed=seed,
+                          **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
+    with _progress("probe kl", "items", quiet) as (con, report):
+        res = run_kl(in_, rl, specs, out, settings, limit=limit, dtype=dtype, device=device, overwrite=overwrite,
+                     plots=plots, progress=report)
+    if quiet:
+        return
+    for _, r in res.classes.iterrows():
+        con.print(f"{r['class']:>9}: KL(RL‖IN) {r['kl_rl_in_mean']:.4g} [{r['kl_rl_in_low']:.4g}, "
+                  f"{r['kl_rl_in_high']:.4g}], KL(IN‖RL) {r['kl_in_rl_mean']:.4g} ({int(r['n_tokens'])} tokens, "
+                  f"{int(r['n_items'])} items)")
+    _summary(con, res.failed, out, "kl_tokens/classes/items/top .csv+.parquet, kl_items.jsonl, manifest.json, "
+                                   "plots/")
+# --- probe kl (end) ---
+
+
+# --- probe lens (begin) ---
+
+
+@probe_app.command("lens")
+def lens_cmd(
+    tasks: Annotated[list[str], typer.Option("--tasks", help="Task file (.jsonl/.parquet), gsm8k, math500 or "
+                                                             "miniworld; repeat or comma-separate.")],
+    out: Out,
+    model: Annotated[str | None, typer.Argument(help="One checkpoint: directory or hub id (or give --in and "
+                                                     "--rl).")] = None,
+    in_: Annotated[str | None, typer.Option("--in", help="IN checkpoint of a pair (with --rl).")] = None,
+    rl: Annotated[str | None, typer.Option("--rl", help="RL checkpoint of a pair (with --in).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per forward pass.")] = 8,
+    system_prompt: System = None,
+    limit: Limit = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for generated tasks and the bootstrap.")] = 0,
+    dtype: Dtype = None,
+    device: Device = "cpu",
+    threads: Threads = None,
+    plots: Plots = True,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Logit lens at the last prompt token: per layer, the gold first token's log-prob, rank and top-1 share,
+    and the layer where it emerges (one model, or IN vs RL paired)."""
+    apply_threads(threads)
+    from frankenlab.probe.lens import LensSettings, run_lens, summary_lines
+
+    specs = [s.strip() for t in tasks for s in t.split(",") if s.strip()]
+    settings = LensSettings(batch_size=batch_size, system_prompt=system_prompt, seed=seed)
+    with _progress("probe lens", "model × item", quiet) as (con, report):
+        res = run_lens(specs, out, settings, model=model, in_model=in_, rl_model=rl, limit=limit, dtype=dtype,
+                       device=device, overwrite=overwrite, plots=plots, progress=report)
+    if quiet:
+        return
+    for line in summary_lines(res):
+        con.print(line)
+    _summary(con, res.failed, out, "lens_layers/items" + ("/pair" if res.pair is not None else "")
+             + " .csv+.parquet, lens_items.jsonl, manifest.json, plots/")
+# --- probe lens (end) ---

@@ -30,6 +30,8 @@ def rl_cmd(
     = "strict",
     seed: Annotated[int, typer.Option(help="Seed of sampling and data order.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads for training (default 1: the run "
+                                                               "is then bit-reproducible on one machine).")] = 1,
 ) -> None:
     """Run GRPO with a verifiable exact-match reward; frozen tensors are checked bit-identical on disk."""
     import json
@@ -38,7 +40,7 @@ def rl_cmd(
 
     settings = GRPOSettings(steps=steps, lr=lr, prompts_per_step=prompts_per_step, num_generations=num_generations,
                             max_completion_length=max_completion_length, temperature=temperature, beta=beta,
-                            seed=seed, reward=reward)
+                            seed=seed, reward=reward, threads=threads)
     con = Console(stderr=True)
     with con.status(f"GRPO on {model}: {steps} steps" + (f", {freeze} frozen" if freeze else "")):
         path = run_rl(model, tasks, out, settings, freeze=freeze, cuts=cuts, overwrite=overwrite)

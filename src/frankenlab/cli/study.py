@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from frankenlab.cli.options import Threads
 from frankenlab.errors import FrankenlabError
 
 _console = Console()
@@ -52,6 +53,7 @@ def study_cmd(
     limit: Annotated[int | None, typer.Option(help="Items per eval task.")] = None,
     stages: Annotated[str | None, typer.Option(help="Comma-separated subset of stages to run.")] = None,
     freeze_table: Annotated[str | None, typer.Option("--freeze-table", help="Necessity table to report.")] = None,
+    threads: Threads = None,
 ) -> None:
     """Run the whole study (compare, probes, merged variants + eval, freezing) and write report.html."""
     from frankenlab.study import load_config, parse_config
@@ -65,6 +67,8 @@ def study_cmd(
             over["out"] = out
         if stages:
             over["stages"] = [s.strip() for s in stages.split(",")]
+        if threads is not None:
+            over["threads"] = threads
         if over:
             cfg = parse_config({**cfg.model_dump(by_alias=True), **over})
     else:
@@ -79,12 +83,15 @@ def study_cmd(
             data["stages"] = [s.strip() for s in stages.split(",")]
         if freeze_table:
             data["freeze"] = {"table": freeze_table}
+        if threads is not None:
+            data["threads"] = threads
         cfg = parse_config(data, "command line")
     run_and_report(cfg)
 
 
 def demo_cmd(
     out: Annotated[str | None, typer.Option("--out", help="Output directory (default ./frankenlab-demo).")] = None,
+    threads: Threads = None,
 ) -> None:
     """Train (once) the built-in mini-world IN/RL pair and run the whole study on it, offline."""
     import time
@@ -103,5 +110,5 @@ def demo_cmd(
         pair = ensure_pair(root, progress=build_progress(_console, status, t0))
     _console.print(f"mini-world pair: {pair.resolve()} ({'reused' if built else 'built'} in "
                    f"{time.perf_counter() - t0:.0f} s)")
-    report = run_and_report(demo_config(root, pair))
+    report = run_and_report(demo_config(root, pair, threads=threads))
     _console.print(f"demo finished in {time.perf_counter() - t0:.0f} s; open {report.resolve()}")

@@ -59,7 +59,13 @@ class EvalConfig(BaseModel):
     confidence: float = Field(0.95, gt=0, lt=1, description="Interval coverage.")
     ci_seed: int = Field(0, description="Seed of the bootstrap.")
     retry_failed: bool = Field(False, description="On resume, redo items recorded as failed.")
-    plots: bool = Field(True, description="Write summary.png and metrics.png.")
+    plots: bool = Field(True, description="Write summary.png and metrics.png (and plots/passk.png).")
+    samples: int = Field(0, ge=0, description="Sampled answers per item and setting for pass@k, besides the greedy "
+                                              "one (0: none).")
+    sample_temperature: float = Field(1.0, ge=0, description="Temperature of the samples (0 only with samples=1).")
+    sample_top_p: float = Field(1.0, gt=0, le=1, description="Nucleus (top-p) of the samples.")
+    sample_seed: int = Field(0, description="Seed of the samples; sample i of an item is seeded from (seed, task, "
+                                            "item, setting, i).")
 
     @model_validator(mode="before")
     @classmethod
@@ -86,6 +92,20 @@ class EvalConfig(BaseModel):
         if "{description}" not in v or "{question}" not in v:
             raise ValueError("description_template needs both {description} and {question}")
         return v
+
+    @model_validator(mode="after")
+    def _sampling(self) -> EvalConfig:
+        if self.samples > 1 and self.sample_temperature == 0:
+            raise EvalError(f"samples={self.samples} at temperature 0 would be {self.samples} copies of the greedy "
+                            "answer; give a temperature > 0 (e.g. --temperature 1.0) or --samples 1.")
+        return self
+
+    def sampling_key(self) -> dict[str, Any] | None:
+        """What decides the samples beyond :meth:`answer_key` (None without samples); N is not in it, since
+        sample i does not depend on N: a larger N adds samples, a smaller one uses the first N."""
+        if not self.samples:
+            return None
+        return {"temperature": self.sample_temperature, "top_p": self.sample_top_p, "seed": self.sample_seed}
 
     def answer_key(self) -> dict[str, Any]:
         """The fields that decide answers and grades (a resumed run must match them)."""

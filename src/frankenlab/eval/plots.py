@@ -1,4 +1,5 @@
-"""Bar charts with 95 % intervals from summary.csv and metrics.csv (Agg canvas, no pyplot state)."""
+"""Bar charts with 95 % intervals from summary.csv and metrics.csv, pass@k curves from passk.csv (Agg canvas,
+no pyplot state)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from matplotlib.figure import Figure
 
 from frankenlab.io import atomic_file
 
-__all__ = ["grouped_bars", "plot_metrics", "plot_summary"]
+__all__ = ["grouped_bars", "plot_metrics", "plot_passk", "plot_summary"]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -59,3 +60,38 @@ def plot_metrics(metrics: pd.DataFrame, path: str | Path) -> Path | None:
     df = metrics[metrics["task"] == "all"]
     return grouped_bars(df, "metric", "value", "Perception, vision-to-reasoning, reasoning (95 % bootstrap CI)",
                         "probability", Path(path))
+
+
+def plot_passk(passk: pd.DataFrame, path: str | Path) -> Path | None:
+    """pass@k against k (log2 axis), one line per model with its 95 % band, one panel per task × setting."""
+    data = passk[passk["pass_at_k"].notna()]
+    if data.empty:
+        return None
+    facets = list(dict.fromkeys(zip(data["task"], data["setting"])))
+    models = list(dict.fromkeys(data["model"]))
+    cols = min(3, len(facets))
+    rows = -(-len(facets) // cols)
+    fig = Figure(figsize=(3.6 * cols + 1.6, 3.0 * rows))
+    for j, (task, setting) in enumerate(facets):
+        ax = fig.add_subplot(rows, cols, j + 1)
+        for model in models:
+            sub = data[(data["model"] == model) & (data["task"] == task) & (data["setting"] == setting)]
+            sub = sub.sort_values("k")
+            if sub.empty:
+                continue
+            (line,) = ax.plot(sub["k"], sub["pass_at_k"], marker="o", ms=3, label=model)
+            ax.fill_between(sub["k"], sub["low"], sub["high"], color=line.get_color(), alpha=0.15, lw=0)
+        ax.set_xscale("log", base=2)
+        ks = sorted(set(data["k"]))
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{task} / {setting}", fontsize=9)
+        ax.set_xlabel("k")
+        if j % cols == 0:
+            ax.set_ylabel("pass@k")
+    fig.axes[cols - 1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # right of the top row
+    fig.suptitle("pass@k (unbiased estimator, 95 % bootstrap over items)", fontsize=10, y=1.0 + 0.06 / rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)

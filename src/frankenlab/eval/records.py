@@ -1,4 +1,5 @@
-"""``items.jsonl``: one record per model × task × item × setting, appended and flushed as answers arrive.
+"""``items.jsonl``: one record per model × task × item × setting, appended and flushed as answers arrive
+(``samples.jsonl``: the same per sample index, keyed by :func:`sample_key`).
 
 The file is the run's source of truth: tables are recomputed from it, and a rerun skips every key it
 already holds, so an interrupted run resumes where it stopped. A torn last line (the process died
@@ -9,28 +10,34 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from frankenlab.io import write_text
 
-__all__ = ["RECORD_FIELDS", "RecordStore", "record_key"]
+__all__ = ["RECORD_FIELDS", "RecordStore", "record_key", "sample_key"]
 
 RECORD_FIELDS = ("model", "task", "item_id", "setting", "prompt", "answer", "answer_type", "choices", "response",
                  "extracted", "extraction", "rule", "rule_correct", "decided_by", "judge", "correct", "error",
                  "elapsed_s")
 
-Key = tuple[str, str, str, str]
+Key = tuple[Any, ...]
 
 
 def record_key(record: dict[str, Any]) -> Key:
     return (record["model"], record["task"], record["item_id"], record["setting"])
 
 
+def sample_key(record: dict[str, Any]) -> Key:
+    """(model, task, item_id, setting, sample index): the key of a pass@k sample record."""
+    return (*record_key(record), int(record["sample"]))
+
+
 class RecordStore:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], key: Callable[[dict[str, Any]], Key] = record_key) -> None:
         self.path = Path(path)
+        self._key = key
         self._records: dict[Key, dict[str, Any]] = {}
         if not self.path.exists():
             return
@@ -40,8 +47,8 @@ class RecordStore:
             for line in fh:
                 try:
                     rec = json.loads(line)
-                    key = record_key(rec)
-                except (json.JSONDecodeError, KeyError, TypeError):
+                    key = self._key(rec)
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                     torn = True
                     continue
                 if key in self._records:
@@ -67,7 +74,7 @@ class RecordStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
             for rec in recs:
-                key = record_key(rec)
+                key = self._key(rec)
                 if key in self._records:
                     raise ValueError(f"record {key} written twice")
                 fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")

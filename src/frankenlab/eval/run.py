@@ -5,7 +5,9 @@ ids, per-model fingerprints and generation settings), ``selection.json`` (chosen
 ``descriptions.jsonl`` (the one description per image item every model sees), ``items.jsonl``
 (one record per model × task × item × setting, appended and flushed per batch), then the tables
 ``summary``, ``metrics`` and, with two or more models, ``comparisons`` (.csv + .parquet, atomic),
-``summary.png`` / ``metrics.png`` and ``manifest.json``.
+``summary.png`` / ``metrics.png`` and ``manifest.json``. With ``samples=N`` also ``samples.jsonl`` (one
+record per model × task × item × setting × sample index, beside the unchanged greedy records),
+``passk`` (.csv + .parquet) and ``plots/passk.png``.
 
 A rerun with the same configuration skips every record already written, so an interrupted run
 resumes; a different configuration is refused rather than mixed in. Per-item failures (a generation
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from pydantic import ValidationError
@@ -33,7 +35,8 @@ from frankenlab.eval.config import SETTINGS, EvalConfig
 from frankenlab.eval.describe import Describer, DescriptionResult, resolve_descriptions, source_key
 from frankenlab.eval.judge import LLMJudge
 from frankenlab.eval.models import label_models, model_info, open_backend
-from frankenlab.eval.records import RecordStore
+from frankenlab.eval.passk import PASSK_COLUMNS, passk_table, sample_seed
+from frankenlab.eval.records import RecordStore, sample_key
 from frankenlab.eval.settings import build_prompt, question_text, settings_for
 from frankenlab.eval.tables import (
     COMPARISON_COLUMNS,
@@ -58,7 +61,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """``kind``: "describe", "model_start" (total = records to make), "record", "model_done"."""
+    """``kind``: "describe", "model_start" (total = records to make), "record", "model_done"; with samples
+    then "samples_start", "sample" (one per sample record), "samples_done"."""
 
     kind: str
     model: str | None
@@ -76,6 +80,10 @@ class EvalResult:
     n_records: int
     n_new: int
     n_failed: int
+    passk: pd.DataFrame | None = None  # None without samples
+    n_sample_records: int = 0
+    n_sample_new: int = 0
+    n_sample_failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,17 @@ class _Job:
     item: TaskItem
     setting: str
     kind: str  # perception / reasoning: picks the default answer length
+
+
+@dataclass(frozen=True)
+class _SampleJob:
+    job: _Job
+    index: int
+    seed: int
+
+    @property
+    def kind(self) -> str:
+        return self.job.kind
 
 
 def _config(config: EvalConfig | None, settings: str | Sequence[str], overrides: Mapping[str, Any]) -> EvalConfig:
@@ -158,10 +177,9 @@ def _new_record(label: str, job: _Job, max_new_tokens: int | None) -> dict[str, 
             "decided_by": None, "judge": None, "correct": False, "error": None, "elapsed_s": None}
 
 
-def _run_chunk(label: str, backend: Any, chunk: Sequence[_Job], cfg: EvalConfig,
-               descriptions: Mapping[tuple[str, str], DescriptionResult], judge: LLMJudge | None) -> list[dict]:
-    limit = getattr(getattr(backend, "settings", None), "max_new_tokens", None)
-    records = [_new_record(label, j, limit) for j in chunk]
+def _prompts(chunk: Sequence[_Job], records: Sequence[dict[str, Any]], cfg: EvalConfig,
+             descriptions: Mapping[tuple[str, str], DescriptionResult]) -> dict[int, Any]:
+    """{position: prompt} for the jobs whose prompt could be built; the others get their error recorded."""
     prompts: dict[int, Any] = {}
     for i, (job, rec) in enumerate(zip(chunk, records)):
         desc = descriptions.get((job.task, job.item.id)) if job.setting == "described" else None
@@ -170,45 +188,93 @@ def _run_chunk(label: str, backend: Any, chunk: Sequence[_Job], cfg: EvalConfig,
                 raise EvalError(f"description failed: {desc.error}")
             prompts[i] = build_prompt(job.item, job.setting, description=desc.text if desc else None,
                                       prompt_suffix=cfg.prompt_suffix, description_template=cfg.description_template)
-            rec["prompt"] = prompts[i].text
+            if "prompt" in rec:
+                rec["prompt"] = prompts[i].text
         except FrankenlabError as exc:
             rec["error"] = f"{type(exc).__name__}: {exc}"
-    order = sorted(prompts)
-    t0 = time.perf_counter()
+    return prompts
+
+
+def _generate(call: Callable[[list[int]], list[str]], order: list[int], records: list[dict]) -> dict[int, str]:
+    """{position: response}; a failing batch is retried one item at a time, each failure recorded on its item."""
     try:
-        responses = dict(zip(order, backend.generate([prompts[i] for i in order]), strict=True))
+        return dict(zip(order, call(order), strict=True))
     except Exception as exc:  # a batch failed: isolate the items that fail on their own
         if len(order) == 1:
-            responses = {}
             records[order[0]]["error"] = f"{type(exc).__name__}: {exc}"
-        else:
-            log.warning("batch of %d failed (%s); retrying one at a time", len(order), exc)
-            responses = {}
-            for i in order:
-                try:
-                    (responses[i],) = backend.generate([prompts[i]])
-                except Exception as one_exc:  # recorded per item, never dropped
-                    records[i]["error"] = f"{type(one_exc).__name__}: {one_exc}"
-    elapsed = time.perf_counter() - t0
+            return {}
+        log.warning("batch of %d failed (%s); retrying one at a time", len(order), exc)
+        responses: dict[int, str] = {}
+        for i in order:
+            try:
+                (responses[i],) = call([i])
+            except Exception as one_exc:  # recorded per item, never dropped
+                records[i]["error"] = f"{type(one_exc).__name__}: {one_exc}"
+        return responses
+
+
+def _grade_all(records: list[dict], items: Sequence[TaskItem], responses: Mapping[int, str], elapsed: float,
+               n: int, backend: Any, cfg: EvalConfig, judge: LLMJudge | None) -> None:
     timed_out = cfg.timeout_s is not None and elapsed >= cfg.timeout_s and getattr(backend, "name", "") == "hf"
     for i, response in responses.items():
         rec = records[i]
-        rec["response"], rec["elapsed_s"] = response, round(elapsed / max(1, len(order)), 4)
+        rec["response"], rec["elapsed_s"] = response, round(elapsed / max(1, n), 4)
         if timed_out:
             rec["error"] = f"timeout: the generation batch hit the {cfg.timeout_s:g} s limit (response truncated)."
             continue
         try:
-            _grade(rec, chunk[i].item, judge, cfg.prompt_suffix)
+            _grade(rec, items[i], judge, cfg.prompt_suffix)
         except (GradingError, EvalError) as exc:
             rec["error"] = f"{type(exc).__name__}: {exc}"
             rec["correct"] = False
+
+
+def _run_chunk(label: str, backend: Any, chunk: Sequence[_Job], cfg: EvalConfig,
+               descriptions: Mapping[tuple[str, str], DescriptionResult], judge: LLMJudge | None) -> list[dict]:
+    limit = getattr(getattr(backend, "settings", None), "max_new_tokens", None)
+    records = [_new_record(label, j, limit) for j in chunk]
+    prompts = _prompts(chunk, records, cfg, descriptions)
+    order = sorted(prompts)
+    t0 = time.perf_counter()
+    responses = _generate(lambda idx: backend.generate([prompts[i] for i in idx]), order, records)
+    _grade_all(records, [j.item for j in chunk], responses, time.perf_counter() - t0, len(order), backend, cfg, judge)
     return records
 
 
-def _batches(jobs: Sequence[_Job], size: int) -> list[tuple[str, list[_Job]]]:
+def _new_sample_record(label: str, row: _SampleJob, cfg: EvalConfig, max_new_tokens: int | None) -> dict[str, Any]:
+    rec = _new_record(label, row.job, max_new_tokens)
+    del rec["prompt"]  # the greedy record in items.jsonl holds it, once
+    return {**rec, "sample": row.index, "seed": row.seed, "temperature": cfg.sample_temperature,
+            "top_p": cfg.sample_top_p}
+
+
+def _run_sample_chunk(label: str, backend: Any, rows: Sequence[_SampleJob], cfg: EvalConfig,
+                      descriptions: Mapping[tuple[str, str], DescriptionResult],
+                      judge: LLMJudge | None) -> list[dict]:
+    """One sampled answer per row, graded like the greedy ones (same grader, judge and failure rules)."""
+    limit = getattr(getattr(backend, "settings", None), "max_new_tokens", None)
+    records = [_new_sample_record(label, r, cfg, limit) for r in rows]
+    prompts = _prompts([r.job for r in rows], records, cfg, descriptions)
+    order = sorted(prompts)
+
+    def call(idx: list[int]) -> list[str]:
+        return backend.sample([prompts[i] for i in idx], [rows[i].seed for i in idx],
+                              temperature=cfg.sample_temperature, top_p=cfg.sample_top_p)
+
+    t0 = time.perf_counter()
+    responses = _generate(call, order, records)
+    _grade_all(records, [r.job.item for r in rows], responses, time.perf_counter() - t0, len(order), backend, cfg,
+               judge)
+    return records
+
+
+_J = TypeVar("_J", _Job, _SampleJob)
+
+
+def _batches(jobs: Sequence[_J], size: int) -> list[tuple[str, list[_J]]]:
     """Batches of at most ``size`` jobs of one kind each (one answer length per generate call), kinds in
     sorted order and the job order kept within a kind."""
-    out: list[tuple[str, list[_Job]]] = []
+    out: list[tuple[str, list[_J]]] = []
     for kind in sorted({j.kind for j in jobs}):
         mine = [j for j in jobs if j.kind == kind]
         out += [(kind, mine[i:i + size]) for i in range(0, len(mine), size)]
@@ -246,6 +312,17 @@ def evaluate(models: Mapping[str, Any] | Sequence[str], tasks: Any, settings: st
     }
     if prev is not None:
         _check_same(prev, key_fields)
+    if cfg.samples:
+        unable = [label for label, src in sources.items()
+                  if not isinstance(src, (str, os.PathLike, tuple)) and not hasattr(src, "sample")]
+        if unable:
+            raise EvalError(f"--samples {cfg.samples}: the backend of {', '.join(map(repr, unable))} has no "
+                            "sample(prompts, seeds, temperature=, top_p=) method; use a checkpoint, an in-memory "
+                            "model, or a backend that can sample.")
+    samples = RecordStore(out / "samples.jsonl", key=sample_key)
+    sampling = cfg.sampling_key() or (prev or {}).get("sampling")
+    if cfg.samples and prev is not None and len(samples):
+        _check_sampling(prev.get("sampling"), sampling, out)
     infos = {label: model_info(label, src) for label, src in sources.items()}
     prev_models: dict[str, Any] = dict(prev.get("models", {})) if prev else {}
     for label, info in infos.items():
@@ -264,7 +341,7 @@ def evaluate(models: Mapping[str, Any] | Sequence[str], tasks: Any, settings: st
     def save_run() -> None:
         write_json(out / "run.json", {"key": settings_key(key_fields), "key_fields": key_fields,
                                       "config": cfg.model_dump(mode="json"), "selection": selection,
-                                      "models": run_models})
+                                      "models": run_models, "sampling": sampling})
 
     save_run()
     write_json(out / "selection.json", {"limit": cfg.limit, "seed": cfg.seed, "tasks": selection})
@@ -272,11 +349,15 @@ def evaluate(models: Mapping[str, Any] | Sequence[str], tasks: Any, settings: st
     if cfg.retry_failed:
         store.drop([(r["model"], r["task"], r["item_id"], r["setting"]) for r in store.records()
                     if r.get("error") and r["model"] in sources])
-    n_new = 0
+        samples.drop([sample_key(r) for r in samples.records() if r.get("error") and r["model"] in sources])
+    n_new = n_sample_new = 0
     for label, source in sources.items():
-        jobs = [_Job(t.name, it, s, it.kind(t.name)) for t in selected for it in t.items
-                for s in settings_for(it, cfg.settings) if (label, t.name, it.id, s) not in store]
-        if not jobs:
+        every = [_Job(t.name, it, s, it.kind(t.name)) for t in selected for it in t.items
+                 for s in settings_for(it, cfg.settings)]
+        jobs = [j for j in every if (label, j.task, j.item.id, j.setting) not in store]
+        rows = [_SampleJob(j, i, sample_seed(cfg.sample_seed, j.task, j.item.id, j.setting, i))
+                for j in every for i in range(cfg.samples) if (label, j.task, j.item.id, j.setting, i) not in samples]
+        if not jobs and not rows:
             continue
         with open_backend(label, source, cfg) as (backend, report):
             _check_model(prev_models, label, "generation", report["generation"])
@@ -297,11 +378,41 @@ def evaluate(models: Mapping[str, Any] | Sequence[str], tasks: Any, settings: st
                         progress(ProgressEvent("record", label, done, len(jobs), rec))
             if progress is not None:
                 progress(ProgressEvent("model_done", label, done, len(jobs)))
-    return _finish(out, cfg, store, run_models, selection, key_fields, n_new)
+            if rows:
+                n_sample_new += _draw_samples(label, backend, rows, cfg, desc, judge, samples, progress)
+    return _finish(out, cfg, store, samples, run_models, selection, key_fields, n_new, n_sample_new)
 
 
-def _finish(out: Path, cfg: EvalConfig, store: RecordStore, run_models: Mapping[str, Any],
-            selection: Mapping[str, Sequence[str]], key_fields: Mapping[str, Any], n_new: int) -> EvalResult:
+def _check_sampling(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, out: Path) -> None:
+    """Samples drawn under other temperature / top-p / seed are never mixed with new ones."""
+    if old is not None and old != new:
+        raise EvalError(f"the samples in {out / 'samples.jsonl'} were drawn with {dict(old)}, not {dict(new or {})}; "
+                        "resume with those sampling settings, choose another --out, or delete samples.jsonl to draw "
+                        "new samples (the greedy records are kept).")
+
+
+def _draw_samples(label: str, backend: Any, rows: Sequence[_SampleJob], cfg: EvalConfig,
+                  desc: Mapping[tuple[str, str], DescriptionResult], judge: LLMJudge | None, samples: RecordStore,
+                  progress: Callable[[ProgressEvent], None] | None) -> int:
+    """Generate, grade and append the missing samples of one model, a batch at a time (resumable)."""
+    if progress is not None:
+        progress(ProgressEvent("samples_start", label, 0, len(rows)))
+    done = 0
+    for kind, chunk in _batches(rows, max(1, backend.settings.batch_size)):
+        records = _run_sample_chunk(label, backend_for_kind(backend, kind), chunk, cfg, desc, judge)
+        samples.append(records)
+        for rec in records:
+            done += 1
+            if progress is not None:
+                progress(ProgressEvent("sample", label, done, len(rows), rec))
+    if progress is not None:
+        progress(ProgressEvent("samples_done", label, done, len(rows)))
+    return done
+
+
+def _finish(out: Path, cfg: EvalConfig, store: RecordStore, samples: RecordStore, run_models: Mapping[str, Any],
+            selection: Mapping[str, Sequence[str]], key_fields: Mapping[str, Any], n_new: int,
+            n_sample_new: int) -> EvalResult:
     wanted = {(t, i) for t, ids in selection.items() for i in ids}
     records = [r for r in store.records() if r["model"] in run_models and (r["task"], r["item_id"]) in wanted]
     order = RunOrder(models=list(run_models), tasks=selection)
@@ -318,11 +429,25 @@ def _finish(out: Path, cfg: EvalConfig, store: RecordStore, run_models: Mapping[
 
         plot_summary(summary, out / "summary.png")
         plot_metrics(metrics, out / "metrics.png")
+    passk, drawn = None, []
+    if cfg.samples:
+        drawn = [r for r in samples.records() if r["model"] in run_models and (r["task"], r["item_id"]) in wanted
+                 and r["sample"] < cfg.samples]
+        passk = passk_table(drawn, order, cfg.samples, stats)
+        write_table(passk, out / "passk", columns=PASSK_COLUMNS)
+        if cfg.plots:
+            from frankenlab.eval.plots import plot_passk
+
+            plot_passk(passk, out / "plots" / "passk.png")
+    n_sample_failed = sum(1 for r in drawn if r.get("error"))
     n_failed = sum(1 for r in records if r.get("error"))
     write_manifest(out, build_manifest(
         "eval", args=cfg.model_dump(mode="json"), seed=cfg.seed,
         inputs={label: str(m.get("fingerprint")) for label, m in run_models.items()},
         extra={"key_fields": key_fields, "models": dict(run_models), "n_records": len(records),
-               "n_failed": n_failed, "math_verify": math_verify_available(),
+               "n_failed": n_failed, "n_sample_records": len(drawn), "n_sample_failed": n_sample_failed,
+               "sampling": {**cfg.sampling_key(), "samples": cfg.samples} if cfg.samples else None,
+               "math_verify": math_verify_available(),
                "failed_items_policy": "failed = wrong; counted in n and n_failed"}))
-    return EvalResult(out, summary, metrics, comparisons, len(records), n_new, n_failed)
+    return EvalResult(out, summary, metrics, comparisons, len(records), n_new, n_failed, passk, len(drawn),
+                      n_sample_new, n_sample_failed)

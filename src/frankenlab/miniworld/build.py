@@ -106,6 +106,8 @@ class BuildConfig(BaseModel):
     sft_shortcut: float = Field(0.5, ge=0, le=1, description="Share of count_arith/digit_arith SFT targets "
                                 "that are only the perceived value (the shortcut RL has to unlearn).")
     planted_scale: float = Field(1e-3, gt=0, description="Relative noise ‖ΔW‖/‖W‖ of the planted noise pair.")
+    threads: int = Field(1, ge=1, description="torch threads for training; 1 (the default) makes the build "
+                         "bit-identical across runs on one machine.")
     planted_rl_steps: int | None = Field(None, ge=1, description="GRPO steps of the planted late-only / "
                                          "early-only runs (default: rl_steps, i.e. exactly RL's recipe).")
 
@@ -227,7 +229,7 @@ def build_miniworld(
     target = Path(out)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    with deterministic(), quiet_transformers(), atomic_dir(target, overwrite=overwrite) as tmp:
+    with deterministic(cfg.threads), quiet_transformers(), atomic_dir(target, overwrite=overwrite) as tmp:
         t0 = time.perf_counter()
         sft_items = _with_shortcuts(_mix_items(SFT_MIX, cfg.n_sft_items, cfg.seed, "train"), cfg.sft_shortcut,
                                     cfg.seed)
@@ -388,7 +390,7 @@ def _train_rl(cfg: BuildConfig, in_dir: Path, out: Path, items: list[TaskItem], 
     if only is not None:
         freeze_outside(model, only)  # train_grpo restores requires_grad afterwards from what it found
     settings = GRPOSettings(steps=steps, lr=cfg.rl_lr, prompts_per_step=cfg.rl_prompts_per_step,
-                            num_generations=cfg.rl_generations, seed=cfg.seed)
+                            num_generations=cfg.rl_generations, seed=cfg.seed, threads=cfg.threads)
     run = train_grpo(model, processor, items, settings, freeze=region)
     save_pair_member(model, processor, out)
     record = run.to_dict()

@@ -38,6 +38,7 @@ __all__ = [
     "SwapState",
     "VisualKV",
     "capture_kv",
+    "capture_residual",
     "record_attention",
     "skip_layers",
     "swap_visual_kv",
@@ -364,3 +365,27 @@ def _rows_mass(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None
     g = groups.float()
     per_group = torch.einsum("bhqk,bkg->bhqg", probs, g)
     return torch.cat([per_group, probs.sum(-1, keepdim=True)], dim=-1).cpu()
+
+
+@contextlib.contextmanager
+def capture_residual(model: Any, adapter: Any, position: int = -1) -> Iterator[list[torch.Tensor | None]]:
+    """Inside the block, slot i holds decoder layer i's output hidden state at ``position`` ([batch, hidden]).
+
+    The hooks only read (they return nothing, so the forward is unchanged) and are removed on exit, also on
+    error. Batches are left-padded, so position −1 is every row's last prompt token.
+    """
+    stack = adapter.decoder_layers(model)
+    slots: list[torch.Tensor | None] = [None] * len(stack)
+
+    def hook_for(i: int) -> Any:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            slots[i] = hidden[:, position].detach().clone()
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(stack)]
+    try:
+        yield slots
+    finally:
+        for h in handles:
+            h.remove()

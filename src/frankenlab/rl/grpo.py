@@ -41,8 +41,12 @@ class GRPOSettings:
     seed: int = 0
     reward: str = "strict"
     warmup_steps: int = 0
+    threads: int = 1  # torch threads while training: 1 makes a run bit-reproducible on one machine
 
     def __post_init__(self) -> None:
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise FrankenlabError(f"threads={self.threads!r}: GRPO needs an integer thread count >= 1 (1 is "
+                                  "bit-reproducible).")
         if self.steps < 1 or self.prompts_per_step < 1:
             raise FrankenlabError(f"GRPO steps and prompts per step must be >= 1, got {self.steps}, "
                                   f"{self.prompts_per_step}.")
@@ -250,7 +254,7 @@ def train_grpo(
         dataset = rl_dataset(items, block=settings.prompts_per_step, seed=settings.seed)
         with (
             tempfile.TemporaryDirectory(prefix="frankenlab-grpo-") as work,
-            deterministic(),
+            deterministic(settings.threads),
             _left_padded(processor),
             quiet_transformers(),
         ):

@@ -229,6 +229,70 @@ class HFBackend:
                     progress(len(chunk))
         return [s.strip() for s in out]
 
+    def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], *, temperature: float, top_p: float = 1.0,
+               progress: Callable[[int], None] | None = None) -> list[str]:
+        """One sampled answer per prompt, row ``i`` drawn from its own generator seeded with ``seeds[i]``.
+
+        `model.generate(do_sample=True)` draws every row from torch's one global generator, so a row's
+        sample would depend on the rows batched with it, and a resumed run (other batches) would draw
+        other samples. Here a :class:`RowSampler` picks each row's token from its own generator and
+        generate's greedy step takes that pick, so a sample is a function of (prompt, seed) alone.
+        Length, stops, suppressed tokens and batch size are the greedy settings'.
+        """
+        import torch
+        from transformers import LogitsProcessorList
+
+        if len(seeds) != len(prompts):
+            raise FrankenlabError(f"sample: {len(prompts)} prompts but {len(seeds)} seeds; give one seed a prompt.")
+        out: list[str] = []
+        tok = tokenizer_of(self.processor)
+        bs = max(1, self.settings.batch_size)
+        kw = {**self.generate_kwargs(), "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        with torch.inference_mode():
+            for start in range(0, len(prompts), bs):
+                chunk = prompts[start:start + bs]
+                inputs = to_model(self.model, encode(self.processor, chunk, self.settings.system_prompt))
+                sampler = RowSampler(seeds[start:start + bs], temperature, top_p)
+                ids = self.model.generate(**inputs, **kw, logits_processor=LogitsProcessorList([sampler]))
+                new = ids[:, inputs["input_ids"].shape[1]:]
+                out.extend(tok.batch_decode(new, skip_special_tokens=True))
+                if progress is not None:
+                    progress(len(chunk))
+        return [s.strip() for s in out]
+
+
+class RowSampler:
+    """Logits processor: each row's next token drawn at ``temperature`` within the top-``top_p`` nucleus from
+    that row's own seeded ``torch.Generator``; the returned scores keep only the drawn token, so greedy
+    selection takes it. ``temperature=0`` leaves the scores alone (greedy)."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float = 1.0) -> None:
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise FrankenlabError(f"sampling needs temperature >= 0 and 0 < top_p <= 1, got temperature="
+                                  f"{temperature!r}, top_p={top_p!r}.")
+        self.seeds = [int(s) for s in seeds]
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self._generators: list[Any] | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self.temperature == 0:
+            return scores
+        if scores.shape[0] != len(self.seeds):
+            raise FrankenlabError(f"RowSampler has {len(self.seeds)} seeds for a batch of {scores.shape[0]} rows.")
+        if self._generators is None:
+            self._generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_p.cumsum(dim=-1) - sorted_p >= self.top_p  # mass before a token already >= top_p
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
+        picks = torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self._generators)])
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(scores.shape[0], device=scores.device), picks] = 0.0
+        return out
+
 
 def backend_for_kind(backend: Any, kind: str) -> Any:
     """``backend`` itself when its ``max_new_tokens`` is explicit, else a shallow copy resolved for ``kind``.

@@ -77,14 +77,37 @@ class VLLMBackend:
                               top_p=s.top_p if s.do_sample else 1.0, seed=s.seed,
                               stop_token_ids=stop_ids(self.processor))
 
-    def generate(self, prompts: Sequence[Prompt], progress: Callable[[int], None] | None = None) -> list[str]:
+    def _requests(self, prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
         requests: list[dict[str, Any]] = []
         for p in prompts:
             req: dict[str, Any] = {"prompt": render_prompt(self.processor, p, self.settings.system_prompt)}
             if p.image is not None:
                 req["multi_modal_data"] = {"image": p.image.convert("RGB")}
             requests.append(req)
-        outputs = self.llm.generate(requests, sampling_params=self.sampling_params(), use_tqdm=False)
+        return requests
+
+    def generate(self, prompts: Sequence[Prompt], progress: Callable[[int], None] | None = None) -> list[str]:
+        outputs = self.llm.generate(self._requests(prompts), sampling_params=self.sampling_params(), use_tqdm=False)
+        if progress is not None:
+            progress(len(prompts))
+        return [o.outputs[0].text.strip() for o in outputs]
+
+    def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], *, temperature: float, top_p: float = 1.0,
+               progress: Callable[[int], None] | None = None) -> list[str]:
+        """One sampled answer per prompt, request ``i`` seeded with ``seeds[i]`` (as the HF backend's rows).
+
+        One request per (item, sample index), ``SamplingParams(n=1, seed=...)``, rather than ``n=N`` with one
+        seed per item: then sample i depends on its own seed only, so a resumed run or a larger N redraws
+        nothing already drawn. vLLM's prefix cache shares the repeated prompts' prefill.
+        """
+        from vllm import SamplingParams
+
+        if len(seeds) != len(prompts):
+            raise EvalError(f"sample: {len(prompts)} prompts but {len(seeds)} seeds; give one seed a prompt.")
+        stops = stop_ids(self.processor)
+        params = [SamplingParams(n=1, max_tokens=self.settings.max_new_tokens, temperature=temperature, top_p=top_p,
+                                 seed=int(seed), stop_token_ids=stops) for seed in seeds]
+        outputs = self.llm.generate(self._requests(prompts), sampling_params=params, use_tqdm=False)
         if progress is not None:
             progress(len(prompts))
         return [o.outputs[0].text.strip() for o in outputs]

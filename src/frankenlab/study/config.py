@@ -125,6 +125,8 @@ class StudyConfig(_Frozen):
     device: str = "cpu"
     stages: list[str] = Field(default_factory=lambda: list(STAGES))
     seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch CPU threads for every stage (default: "
+                                "$FRANKENLAB_THREADS, else the cores this process may run on).")
 
     @field_validator("stages")
     @classmethod

@@ -11,7 +11,7 @@ from frankenlab.study.config import StudyConfig, parse_config
 DEFAULT_OUT = "frankenlab-demo"
 
 
-def demo_config(out: Path, pair: Path) -> StudyConfig:
+def demo_config(out: Path, pair: Path, threads: int | None = None) -> StudyConfig:
     """Sample sizes chosen so the study takes a few minutes on two CPU cores."""
     return parse_config({
         "out": str(out / "study"),
@@ -21,6 +21,7 @@ def demo_config(out: Path, pair: Path) -> StudyConfig:
         "eval": {"tasks": [str(pair / "tasks" / "test.jsonl")], "limit": 800, "max_new_tokens": 8,
                  "batch_size": 32},
         "freeze": {"table": str(pair / "necessity.csv")},
+        "threads": threads,
     }, "demo")
 
 

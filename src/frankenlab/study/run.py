@@ -12,6 +12,7 @@ from frankenlab.checkpoint import Checkpoint
 from frankenlab.errors import FrankenlabError
 from frankenlab.io.atomic import write_json, write_text
 from frankenlab.regions import Partition
+from frankenlab.runtime.threads import torch_threads
 from frankenlab.study.claims import decide_all
 from frankenlab.study.config import StudyConfig
 from frankenlab.study.pipeline import StageOutcome, StudyResult, run_stage
@@ -77,10 +78,11 @@ def run_study(cfg: StudyConfig, on_event: EventFn | None = None) -> StudyResult:
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "study.json", cfg.model_dump(by_alias=True))
     result = StudyResult(out=str(root))
-    for r in cfg.recipes:
-        fps = {role: v["fingerprint"] for role, v in inputs[r.name].items()}
-        for stage in cfg.stages:
-            result.outcomes.append(run_stage(STAGE_SPECS[stage], cfg, r, fps, on_event))
+    with torch_threads(cfg.threads):
+        for r in cfg.recipes:
+            fps = {role: v["fingerprint"] for role, v in inputs[r.name].items()}
+            for stage in cfg.stages:
+                result.outcomes.append(run_stage(STAGE_SPECS[stage], cfg, r, fps, on_event))
     write_json(root / "stages.json", result.to_dict())
     write_report(cfg, result, inputs)
     return result
