@@ -49,7 +49,7 @@ def study(tmp_path_factory):
     data = {"out": str(root / "out"), "recipes": [{"in": str(in_dir), "rl": str(rl_dir)}],
             "variants": ["IN:RL:RL", "RL:IN:IN"],
             "probe": {"n_per_task": 2, "ablate_limit": 4, "max_new_tokens": 3},
-            "eval": {"limit": 3, "max_new_tokens": 3}, "freeze": {"table": str(nec)}}
+            "eval": {"limit": 3, "max_new_tokens": 3, "samples": 2, "sample_limit": 2}, "freeze": {"table": str(nec)}}
     cfg = parse_config(data)
     result = run_study(cfg)
     return cfg, result, data
@@ -59,7 +59,19 @@ def test_all_stages_ran(study):
     _, result, _ = study
     assert [(o.stage, o.status) for o in result.outcomes] == [
         ("compare", "done"), ("probe_vision", "done"), ("probe_ablate", "done"), ("probe_attention", "done"),
-        ("merge_eval", "done"), ("freeze", "done")], [o.error for o in result.outcomes]
+        ("probe_kl", "done"), ("probe_lens", "done"), ("merge_eval", "done"), ("freeze", "done")], \
+        [o.error for o in result.outcomes]
+
+
+def test_behaviour_probes_and_passk_ran(study):
+    cfg, _, _ = study
+    out = cfg.stage_dir("compare", "default").parent
+    kl = pd.read_csv(out / "probe_kl" / "kl_classes.csv")
+    assert {"prompt", "answer"} <= set(kl["class"]) and (kl["kl_rl_in_mean"] >= 0).all()
+    lens = pd.read_csv(out / "probe_lens" / "lens_layers.csv")
+    assert set(lens["model"]) == {"in", "rl"} and sorted(set(lens["layer"])) == list(range(6))
+    passk = pd.read_csv(out / "merge_eval" / "passk" / "passk.csv")
+    assert set(passk["model"]) == {"IN", "RL", "IN:RL:RL", "RL:IN:IN"} and set(passk["k"]) == {1, 2}
 
 
 def test_findings_follow_the_tables(study):
@@ -141,11 +153,17 @@ def test_rerun_skips_and_changed_settings_rerun_only_their_stage(study):
     cfg, _, data = study
     again = run_study(cfg)
     assert {o.status for o in again.outcomes} == {"skipped"}
-    changed = parse_config({**data, "eval": {"limit": 2, "max_new_tokens": 3}})
+    changed = parse_config({**data, "eval": {**data["eval"], "limit": 2}})
     third = run_study(changed)
     assert {o.stage: o.status for o in third.outcomes} == {
         "compare": "skipped", "probe_vision": "skipped", "probe_ablate": "skipped", "probe_attention": "skipped",
+        "probe_kl": "done", "probe_lens": "done",  # their built-in items follow eval.limit
         "merge_eval": "done", "freeze": "skipped"}
+    fourth = run_study(parse_config({**data, "eval": {**data["eval"], "limit": 2}, "probe": {**data["probe"],
+                                                                                         "lens": False}}))
+    assert {o.stage: o.status for o in fourth.outcomes} == {
+        "compare": "skipped", "probe_vision": "skipped", "probe_ablate": "skipped", "probe_attention": "skipped",
+        "probe_kl": "skipped", "probe_lens": "not-applicable", "merge_eval": "skipped", "freeze": "skipped"}
 
 
 def test_freeze_stage_trains_frozen_variants(tmp_path, fast_world):

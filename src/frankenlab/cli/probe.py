@@ -28,7 +28,15 @@ Layers = Annotated[str | None, typer.Option("--layers", help="Decoder layers (0-
                                                              "'0-27:4'.")]
 Limit = Annotated[int | None, typer.Option("--limit", help="Use only the first N items (per task).")]
 Dtype = Annotated[str | None, typer.Option("--dtype", help="Model dtype: bf16, fp16, fp32 (default: as stored).")]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+def _resolve_device(value: str) -> str:
+    from frankenlab.runtime.devices import resolve_device
+
+    return resolve_device(value)
+
+
+Device = Annotated[str, typer.Option("--device", callback=_resolve_device,
+                                     help="auto (the GPU when there is one, in bf16 unless --dtype), cpu, cuda or "
+                                          "cuda:N.")]
 MaxNew = Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Greedy answer length limit (default: "
                                                                            "per item kind, perception 256, reasoning "
                                                                            "1024).")]
@@ -82,7 +90,7 @@ def vision_cmd(
     system_prompt: System = None,
     limit: Limit = None,
     dtype: Dtype = None,
-    device: Device = "cpu",
+    device: Device = "auto",
     plots: Plots = True,
     overwrite: Overwrite = False,
     threads: Threads = None,
@@ -123,7 +131,7 @@ def ablate_cmd(
     limit: Limit = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for generated tasks and the bootstrap.")] = 0,
     dtype: Dtype = None,
-    device: Device = "cpu",
+    device: Device = "auto",
     plots: Plots = True,
     overwrite: Overwrite = False,
     threads: Threads = None,
@@ -188,7 +196,7 @@ def attention_cmd(
     system_prompt: System = None,
     limit: Limit = None,
     dtype: Dtype = None,
-    device: Device = "cpu",
+    device: Device = "auto",
     plots: Plots = True,
     overwrite: Overwrite = False,
     threads: Threads = None,
@@ -250,7 +258,7 @@ def kl_cmd(
     limit: Limit = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for generated tasks and the bootstrap.")] = 0,
     dtype: Dtype = None,
-    device: Device = "cpu",
+    device: Device = "auto",
     threads: Threads = None,
     plots: Plots = True,
     overwrite: Overwrite = False,
@@ -297,7 +305,7 @@ def lens_cmd(
     limit: Limit = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for generated tasks and the bootstrap.")] = 0,
     dtype: Dtype = None,
-    device: Device = "cpu",
+    device: Device = "auto",
     threads: Threads = None,
     plots: Plots = True,
     overwrite: Overwrite = False,

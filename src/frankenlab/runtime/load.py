@@ -41,10 +41,16 @@ def load_model(path: str | os.PathLike[str] | Checkpoint, *, dtype: str | torch.
                device: str | torch.device = "cpu", attn_implementation: str | None = None) -> PreTrainedModel:
     """Load a checkpoint directory (or an open Checkpoint) as a transformers model in eval mode.
 
-    `dtype=None` keeps the stored dtype; `attn_implementation` is passed through ("eager", "sdpa", ...).
+    `device="auto"` is the GPU when there is one (`runtime.devices`); `dtype=None` keeps the stored dtype on
+    the CPU and means bf16 on a GPU; `attn_implementation` is passed through ("eager", "sdpa", ...).
     """
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    from frankenlab.runtime.devices import default_dtype, resolve_device
+
+    if not hasattr(device, "type"):  # a torch.device is taken as it is
+        device = resolve_device(str(device))
+        dtype = default_dtype(device, dtype) if isinstance(dtype, str) or dtype is None else dtype
     root, has_vision = _root_and_vision(path)
     cls = AutoModelForImageTextToText if has_vision else AutoModelForCausalLM
     kwargs: dict[str, Any] = {"dtype": resolve_torch_dtype(dtype), "local_files_only": True}

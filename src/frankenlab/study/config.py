@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from frankenlab.errors import FrankenlabError
 
 STANDARD_VARIANTS = ("IN:RL:RL", "RL:IN:IN", "IN:IN:RL", "RL:RL:IN", "IN:RL:IN", "RL:IN:RL")
-STAGES = ("compare", "probe_vision", "probe_ablate", "probe_attention", "merge_eval", "freeze")
+STAGES = ("compare", "probe_vision", "probe_ablate", "probe_attention", "probe_kl", "probe_lens", "merge_eval",
+          "freeze")
 
 
 class StudyConfigError(FrankenlabError):
@@ -71,6 +72,14 @@ class ProbeSettings(_Frozen):
     max_new_tokens: int | None = Field(
         None, ge=1, description="Answer length limit of every probe; null = per item kind (perception 256, "
         "reasoning 1024: runtime.generate.DEFAULT_MAX_NEW_TOKENS).")
+    kl: bool = Field(True, description="Run probe_kl: per-token KL between IN and RL on RL's own responses.")
+    lens: bool = Field(True, description="Run probe_lens: logit lens of IN and RL, the gold answer's emergence layer.")
+    behaviour_tasks: list[str] | None = Field(
+        None, description="Task files (or gsm8k, math500, miniworld[:family]) for probe_kl and probe_lens; "
+        "default: eval.tasks, else the built-in mini-world items.")
+    behaviour_limit: int = Field(100, ge=1, description="Items per task for probe_kl and probe_lens.")
+    system_prompt: str | None = Field(None, description="System prompt of probe_kl and probe_lens (e.g. 'Answer "
+                                      "with the final number only.' so that the lens reads the answer token).")
 
 
 class EvalSettings(_Frozen):
@@ -83,6 +92,13 @@ class EvalSettings(_Frozen):
         None, ge=1, description="Answer length limit of every item; null = per item kind (perception 256, "
         "reasoning 1024: runtime.generate.DEFAULT_MAX_NEW_TOKENS).")
     batch_size: int = 16
+    samples: int = Field(0, ge=0, description="pass@k: sampled answers per item for IN, RL and every variant "
+                         "(0 = off); k = 1, 2, 4, …, samples.")
+    sample_temperature: float = Field(1.0, gt=0, description="Temperature of the pass@k samples.")
+    sample_top_p: float = Field(1.0, gt=0, le=1, description="Nucleus of the pass@k samples.")
+    sample_settings: list[str] = Field(default_factory=lambda: ["image"], description="Eval settings sampled "
+                                       "for pass@k (text-only items always use their text setting).")
+    sample_limit: int | None = Field(100, ge=1, description="Items per task for pass@k; null = eval.limit.")
 
 
 class FreezeTrain(_Frozen):
@@ -122,7 +138,8 @@ class StudyConfig(_Frozen):
     eval: EvalSettings = EvalSettings()
     freeze: FreezeSettings = FreezeSettings()
     backend: Literal["auto", "hf", "vllm"] = "auto"
-    device: str = "cpu"
+    device: str = Field("auto", description="auto (the GPU when there is one, bf16 there), cpu, cuda or cuda:N; "
+                        "every stage.")
     stages: list[str] = Field(default_factory=lambda: list(STAGES))
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch CPU threads for every stage (default: "

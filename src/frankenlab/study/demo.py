@@ -19,7 +19,7 @@ def demo_config(out: Path, pair: Path, threads: int | None = None) -> StudyConfi
         "probe": {"pairs": str(pair / "probe-pairs" / "pairs.jsonl"), "n_per_task": 16,
                   "ablate_tasks": None, "ablate_limit": 48, "max_new_tokens": 6},
         "eval": {"tasks": [str(pair / "tasks" / "test.jsonl")], "limit": 800, "max_new_tokens": 8,
-                 "batch_size": 32},
+                 "batch_size": 32, "samples": 8, "sample_limit": 64},
         "freeze": {"table": str(pair / "necessity.csv")},
         "threads": threads,
     }, "demo")

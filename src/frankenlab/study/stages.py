@@ -75,8 +75,12 @@ def _vision_only(cfg: StudyConfig, recipe: RecipeInputs) -> str | None:
         return None if c.adapter.has_vision else "text-only model: no visual tokens to probe"
 
 
+#: Probe settings read only by probe_kl / probe_lens: changing them leaves the other probes' results valid.
+BEHAVIOUR_FIELDS = {"kl", "lens", "behaviour_tasks", "behaviour_limit", "system_prompt"}
+
+
 def _probe_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> dict[str, Any]:
-    return {"probe": cfg.probe.model_dump(), "cuts": cfg.cuts}
+    return {"probe": cfg.probe.model_dump(exclude=BEHAVIOUR_FIELDS), "cuts": cfg.cuts}
 
 
 def _vision_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
@@ -137,8 +141,47 @@ def _attention_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[
                         device=_device(cfg))
 
 
+def behaviour_tasks(cfg: StudyConfig) -> list[str]:
+    """Tasks of probe_kl / probe_lens: probe.behaviour_tasks, else the eval tasks, else the built-in items."""
+    return list(cfg.probe.behaviour_tasks or cfg.eval.tasks or builtin_tasks(cfg))
+
+
+def _behaviour_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> dict[str, Any]:
+    p = cfg.probe
+    tasks = p.behaviour_tasks or cfg.eval.tasks or {"builtin": [cfg.eval.limit, cfg.eval.seed]}
+    return {"tasks": tasks, "limit": p.behaviour_limit, "seed": p.seed, "system_prompt": p.system_prompt,
+            "max_new_tokens": p.max_new_tokens, "cuts": cfg.cuts}
+
+
+def _kl_applicable(cfg: StudyConfig, recipe: RecipeInputs) -> str | None:
+    return None if cfg.probe.kl else "disabled in the study config (probe.kl: false)"
+
+
+def _lens_applicable(cfg: StudyConfig, recipe: RecipeInputs) -> str | None:
+    return None if cfg.probe.lens else "disabled in the study config (probe.lens: false)"
+
+
+def _kl_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
+    from frankenlab.probe import KLSettings, run_kl
+
+    settings = KLSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed,
+                          system_prompt=cfg.probe.system_prompt)
+    run_kl(recipe.in_, recipe.rl, behaviour_tasks(cfg), out, settings, limit=cfg.probe.behaviour_limit,
+           device=_device(cfg))
+
+
+def _lens_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
+    from frankenlab.probe import LensSettings, run_lens
+
+    settings = LensSettings(seed=cfg.probe.seed, system_prompt=cfg.probe.system_prompt)
+    run_lens(behaviour_tasks(cfg), out, settings, in_model=recipe.in_, rl_model=recipe.rl,
+             limit=cfg.probe.behaviour_limit, device=_device(cfg))
+
+
 def _device(cfg: StudyConfig) -> str:
-    return "cpu" if cfg.device in ("auto", "") else cfg.device
+    from frankenlab.runtime.devices import resolve_device
+
+    return resolve_device(cfg.device)
 
 
 # -- merge + eval ------------------------------------------------------------------------------
@@ -154,7 +197,7 @@ def variant_recipes(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def _eval_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> dict[str, Any]:
-    return {"eval": cfg.eval.model_dump(), "variants": cfg.variants,
+    return {"eval": cfg.eval.model_dump(exclude_defaults=True), "variants": cfg.variants,
             "custom": [c.model_dump() for c in cfg.custom_variants], "cuts": cfg.cuts, "backend": cfg.backend}
 
 
@@ -171,14 +214,24 @@ def _eval_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, 
 
     generation = GenerationSettings(**gen)
     recipes = variant_recipes(cfg)
+    e = cfg.eval
+    passk = dict(settings=e.sample_settings, limit=e.sample_limit or e.limit, seed=e.seed,
+                 system_prompt=e.system_prompt, backend="hf", samples=e.samples,
+                 sample_temperature=e.sample_temperature, sample_top_p=e.sample_top_p, sample_seed=e.seed)
+
+    def run(label: str, model: Any) -> None:
+        evaluate({label: model}, tasks, out_dir=out, generation=generation, **common)
+        if e.samples:  # pass@k beside the greedy eval: its own directory, fewer items and settings
+            evaluate({label: model}, tasks, out_dir=out / "passk", generation=generation, **passk)
+
     for role, path in _role_paths(recipe).items():
-        evaluate({role: path}, tasks, out_dir=out, generation=generation, **common)
+        run(role, path)
     write_json(out / "variants.json", {label: r.to_dict() for label, r in recipes.items()})
     processor = load_processor(recipe.in_)
     model = None
     for label, r in recipes.items():
         model = assemble(r, recipe.in_, recipe.rl, model=model)
-        evaluate({label: (model, processor)}, tasks, out_dir=out, generation=generation, **common)
+        run(label, (model, processor))
 
 
 # -- freeze ------------------------------------------------------------------------------------
@@ -278,6 +331,8 @@ STAGE_SPECS: dict[str, StageSpec] = {
     "probe_vision": StageSpec("probe_vision", _probe_key, _vision_run, _vision_only),
     "probe_ablate": StageSpec("probe_ablate", _probe_key, _ablate_run),
     "probe_attention": StageSpec("probe_attention", _probe_key, _attention_run, _attention_applicable),
+    "probe_kl": StageSpec("probe_kl", _behaviour_key, _kl_run, _kl_applicable),
+    "probe_lens": StageSpec("probe_lens", _behaviour_key, _lens_run, _lens_applicable),
     "merge_eval": StageSpec("merge_eval", _eval_key, _eval_run),
     "freeze": StageSpec("freeze", _freeze_key, _freeze_run, _freeze_applicable),
 }
