@@ -104,3 +104,30 @@ def test_bad_threads_exits_2(tmp_path, capsys, monkeypatch):
     assert exc.value.code == 2
     assert ENV in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_cli_lets_openmp_workers_sleep_before_torch_loads():
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nos.environ.pop('OMP_WAIT_POLICY', None)\n"
+            "from frankenlab.runtime.threads import passive_wait\n"
+            "assert 'torch' not in sys.modules\n"
+            "assert passive_wait() and os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'\n"
+            "os.environ['OMP_WAIT_POLICY'] = 'ACTIVE'\nassert not passive_wait()\n"
+            "assert os.environ['OMP_WAIT_POLICY'] == 'ACTIVE'\n"
+            "del os.environ['OMP_WAIT_POLICY']\nimport torch\nassert not passive_wait()\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_main_sets_passive_wait_when_unset(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh process: torch not loaded yet
+    try:
+        with pytest.raises(SystemExit):
+            main(["--version"])
+        assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"
+    finally:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)

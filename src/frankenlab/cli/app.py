@@ -134,6 +134,9 @@ app.command("demo")(demo_cmd)
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected failures exit 2 with one line on stderr."""
     args = sys.argv[1:] if argv is None else argv
+    from frankenlab.runtime.threads import passive_wait
+
+    passive_wait()  # before torch is imported by any command
     debug = "--debug" in args
     try:
         rc = app(args=args, standalone_mode=False)
