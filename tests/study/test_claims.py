@@ -237,7 +237,9 @@ def test_decide_all_on_a_null_pair_supports_nothing():
     claims = decide_all(tables, P28, items, n_layers=28)
     assert [c.claim for c in claims] == ["rl_refines_mid_late", "energy_in_late_rl_mid", "localization_order",
                                          "transfer_mid_late", "freeze_late_hurts_most",
-                                         "rl_attention_vision_mid_late"]
+                                         "rl_attention_vision_mid_late", "rl_update_sparse_full_rank",
+                                         "rl_off_principal", "rl_rotates_less_than_sft", "rl_answer_emerges_earlier",
+                                         "rl_gain_survives_rank_k"]
     assert all(c.verdict != "supported" for c in claims)
     for c in claims:
         _interface(c)

@@ -21,7 +21,7 @@ def test_study_cli_runs_selected_stages(tmp_path, capsys):
     assert _run("study", "--in", str(a), "--rl", str(b), "--out", str(out), "--stages", "compare") == 0
     assert "report:" in capsys.readouterr().out
     assert (out / "report.html").exists() and (out / "compare" / "layers.csv").exists()
-    assert len(json.loads((out / "findings.json").read_text())) == 6
+    assert len(json.loads((out / "findings.json").read_text())) == 11
     assert _run("study", "--in", str(a), "--rl", str(b), "--out", str(out), "--stages", "compare") == 0
     assert "skipped" in capsys.readouterr().out
 
@@ -49,4 +49,4 @@ def test_demo_reuses_an_existing_pair(tmp_path, capsys, fast_world):
     findings = json.loads((tmp_path / "study" / "findings.json").read_text())
     assert {f["verdict"] for f in findings} <= {"supported", "contradicted", "inconclusive"}
     stages = json.loads((tmp_path / "study" / "stages.json").read_text())["outcomes"]
-    assert [o["status"] for o in stages] == ["done"] * 6
+    assert [o["status"] for o in stages] == ["done"] * 8

@@ -30,7 +30,7 @@ def test_two_recipes_side_by_side_and_missing_stages(tmp_path):
     details = html[html.index("<section"):]
     assert details.index("<b>alpha</b>: because it is supported") < details.index("<b>beta</b>: because it is "
                                                                                    "contradicted")
-    assert html.count("This stage produced no results for this recipe") == 2 * 6  # no regions.csv, plots, ...
+    assert html.count("This stage produced no results for this recipe") == 2 * 8  # no regions.csv, plots, ...
     md = render_markdown("t", {}, [], recipes, claims, tmp_path)
     assert "### alpha" in md and "### beta" in md
     assert "**supported** (alpha) — because it is supported" in md

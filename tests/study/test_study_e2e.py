@@ -79,7 +79,9 @@ def test_findings_follow_the_tables(study):
     findings = json.loads((cfg.stage_dir("compare", "default").parent / "findings.json").read_text())
     assert [f["claim"] for f in findings] == ["rl_refines_mid_late", "energy_in_late_rl_mid", "localization_order",
                                               "transfer_mid_late", "freeze_late_hurts_most",
-                                              "rl_attention_vision_mid_late"]
+                                              "rl_attention_vision_mid_late", "rl_update_sparse_full_rank",
+                                              "rl_off_principal", "rl_rotates_less_than_sft",
+                                              "rl_answer_emerges_earlier", "rl_gain_survives_rank_k"]
     assert all(f["verdict"] in ("supported", "contradicted", "inconclusive") for f in findings)
     by = {f["claim"]: f for f in findings}
     energy = by["rl_refines_mid_late"]  # only late layers were changed, but 6 layers cannot reach α:
@@ -128,7 +130,8 @@ def test_report_sections_and_numbers_equal_the_tables(study):
     out = cfg.stage_dir("compare", "default").parent
     html_text = (out / "report.html").read_text()
     for title in ("Inputs", "Findings", "Stages", "Update characterization", "Vision localization",
-                  "Reasoning localization", "Attention to vision", "Transferability", "Necessity"):
+                  "Reasoning localization", "Attention to vision", "per-token KL", "logit lens", "Transferability",
+                  "Coverage (pass@k", "Necessity"):
         assert title in html_text
     assert "http://" not in html_text and "https://" not in html_text  # self-contained
     p = _Tables()

@@ -228,6 +228,27 @@ class Adapter:
             raise ArchitectureError(f"{self.family} has no vision encoder.")
         return model.get_submodule(self.vision_blocks_path)
 
+    def image_features(self, model: Any, inputs: dict[str, Any]) -> Any | None:
+        """The model's own encoding of the images in `inputs` (processor outputs), or None where the model
+        takes no pre-encoded images.
+
+        The result goes back to the model as ``mm_encoder_outputs={"image": ...}`` in place of the pixels
+        (forward and generate), so one encoding can serve many batch rows. Generic over transformers-5
+        VLMs: `get_image_features` with the inputs its signature names, as `generate` encodes before the
+        prefill; a family whose forward cannot take the result overrides this to return None.
+        """
+        import inspect
+
+        encode = getattr(model, "get_image_features", None)
+        if not self.has_vision or encode is None or "pixel_values" not in inputs:
+            return None
+        if "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
+            return None
+        names = inspect.signature(encode).parameters
+        if "pixel_values" not in names:
+            return None
+        return encode(**{k: v for k, v in inputs.items() if k in names}, return_dict=True)
+
     def module_path_for(self, info: TensorInfo) -> str | None:
         """Module path owning a layer tensor in a loaded model (None outside blocks)."""
         if info.block is None:

@@ -12,6 +12,13 @@ grid (`image_grid_thw` for Qwen-VL, whose multimodal rotary positions follow the
 different aspect ratios can have the same token count on different grids). Otherwise the source is
 resized to the target's size and re-encoded (`resized`).
 
+Each pair's two images are encoded once, in one vision-tower pass, and every row (and the source
+prefill) reuses those visual embeddings through transformers' ``mm_encoder_outputs`` instead of
+re-encoding its pixels; the text model sees the same embeddings, so answers and margins are
+unchanged (bit-identical on the test models; in general up to fp32 rounding of a vision pass over a
+different number of patches). Families whose model cannot take pre-encoded images (`Adapter.image_features` gives None)
+fall back to pixels per row, as does ``reuse_vision=False``.
+
 Decoding is eval's: greedy, the checkpoint's generation_config neutralised, answer length
 ``max_new_tokens`` or the per-kind default (probe tasks are perception items).
 
@@ -54,12 +61,18 @@ __all__ = [
     "layer_variants",
     "marker_token_ids",
     "parse_layers",
+    "select_images",
     "swap_pair",
 ]
 
 log = logging.getLogger(__name__)
 #: Processor outputs that describe an image's patch layout; source and target must agree on each present.
 GRID_KEYS = ("image_grid_thw", "image_sizes")
+#: Fields of an image-encoder output that VLM forwards read back from `mm_encoder_outputs`: one entry per
+#: image (a sequence, or an image-major tensor), and per layer such a sequence (Qwen3-VL DeepStack).
+_PER_IMAGE, _PER_LAYER = "pooler_output", "deepstack_features"
+#: Fields of the encoder run no forward reads back; a row selection drops them.
+_UNREAD = frozenset({"last_hidden_state", "hidden_states", "attentions"})
 
 
 class VisionProbeSettings(BaseModel):
@@ -75,6 +88,11 @@ class VisionProbeSettings(BaseModel):
     system_prompt: str | None = Field(None, description="System prompt for every question (None: the template's).")
     n_boot: int = Field(1000, ge=1, description="Bootstrap resamples for the margin interval.")
     seed: int = Field(0, description="Seed of the bootstrap.")
+    # Excluded from model_dump, hence from the manifest and the resume key, like the device: both paths feed
+    # the rows the same embeddings (bit-identical answers and margins on the test models, CPU fp32; elsewhere
+    # fp32 GEMM rounding, which depends on the patches per vision pass, as `layer_batch` already did).
+    reuse_vision: bool = Field(True, exclude=True, description="Encode target and source once per pair and "
+                               "reuse the embeddings in every row; False re-encodes the pixels per row.")
 
 
 def parse_layers(spec: str | None, n_layers: int) -> tuple[int, ...] | None:
@@ -146,6 +164,7 @@ class SwapResult:
     resized: bool
     n_image_tokens: int
     margin_prefix: int  # answer tokens shared by both answers (teacher-forced); -1: no margin (prefix answers)
+    reused_vision: bool = False  # one vision pass served every row (False: pixels re-encoded per row)
 
 
 def _image_positions(inputs: dict[str, Any], image_id: int) -> torch.Tensor:
@@ -167,6 +186,52 @@ def _same_layout(a: dict[str, Any], b: dict[str, Any], image_id: int) -> bool:
         if x is not None and not isinstance(x, torch.Tensor) and x != y:
             return False
     return True
+
+
+def select_images(encoded: Any, index: Sequence[int]) -> Any | None:
+    """The image-encoder output `encoded` narrowed to images `index`, in that order (repeats allowed).
+
+    None when `encoded` has a field whose per-image layout is not known here: the caller then passes
+    pixels. Tensors are shared, not copied (forwards only read them).
+    """
+    fields = {k: v for k, v in encoded.items() if v is not None}
+    per_image = fields.get(_PER_IMAGE)
+    if per_image is None or set(fields) - _UNREAD - {_PER_IMAGE, _PER_LAYER}:
+        return None
+    n = len(per_image)
+    if any(not 0 <= i < n for i in index):
+        raise ProbeError(f"image rows {list(index)} asked of an encoding of {n} images.")
+
+    def pick(seq: Any) -> Any:
+        return seq[list(index)] if isinstance(seq, torch.Tensor) else [seq[i] for i in index]
+
+    out = {_PER_IMAGE: pick(per_image)}
+    if _PER_LAYER in fields:
+        layers = fields[_PER_LAYER]
+        if not all(isinstance(layer, (list, tuple)) and len(layer) == n for layer in layers):
+            return None
+        out[_PER_LAYER] = [pick(layer) for layer in layers]
+    return type(encoded)(**out)
+
+
+def _encode_pair(model: Any, adapter: Any, target: dict[str, Any], source: dict[str, Any]) -> Any | None:
+    """Target (image 0) and source (image 1) encoded in one vision pass; None: this family takes pixels."""
+    with torch.inference_mode():
+        encoded = adapter.image_features(model, repeat_rows([target, source]))
+    if encoded is None or select_images(encoded, [0, 1]) is None:
+        log.debug("%s cannot reuse image encodings; re-encoding the pixels per row", type(model).__name__)
+        return None
+    if len(encoded[_PER_IMAGE]) != 2:
+        raise ProbeError(f"encoding the target and source images gave {len(encoded[_PER_IMAGE])} images, not 2; "
+                         "each prompt must hold exactly one image.")
+    return encoded
+
+
+def _with_images(inputs: dict[str, Any], encoded: Any, index: Sequence[int]) -> dict[str, Any]:
+    """`inputs` with its pixels replaced by images `index` of `encoded` (grid and token types kept for RoPE)."""
+    out = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    out["mm_encoder_outputs"] = {"image": select_images(encoded, index)}
+    return out
 
 
 def _answer_ids(tok: Any, target: str, source: str) -> tuple[list[int], int, int] | None:
@@ -212,7 +277,8 @@ def swap_pair(model: Any, processor: Any, adapter: Any, target_image: Image.Imag
         raise ProbeError("source and target prompts place their image tokens (or patch grids) differently even "
                          "after resizing the source to the target's size; use images of the same size and one "
                          "prompt.")
-    src = capture_source(model, adapter, source, t_pos)
+    encoded = _encode_pair(model, adapter, target, source) if settings.reuse_vision else None
+    src = capture_source(model, adapter, source if encoded is None else _with_images(source, encoded, [1]), t_pos)
     scored = _answer_ids(tok, target_answer, source_answer)
     prefix = scored[0] if scored is not None else []
 
@@ -223,7 +289,12 @@ def swap_pair(model: Any, processor: Any, adapter: Any, target_image: Image.Imag
     P = int(target["input_ids"].shape[1])
     for start in range(0, len(rows), settings.layer_batch):
         chunk = rows[start:start + settings.layer_batch]
-        inputs = repeat_rows([source if name == "source" else target for name, _ in chunk])
+        if encoded is None:
+            inputs = repeat_rows([source if name == "source" else target for name, _ in chunk])
+        else:
+            no_pixels = [{k: v for k, v in (source if name == "source" else target).items() if k != "pixel_values"}
+                         for name, _ in chunk]
+            inputs = _with_images(repeat_rows(no_pixels), encoded, [int(name == "source") for name, _ in chunk])
         plan = [swapped for _, swapped in chunk]
         with (torch.inference_mode(), without_checkpoint_generation_config(model),
               swap_visual_kv(model, adapter, src, plan) as state):
@@ -241,4 +312,5 @@ def swap_pair(model: Any, processor: Any, adapter: Any, target_image: Image.Imag
         for r, (name, _) in enumerate(chunk):
             answers[name] = texts[r].strip()
             margins[name] = float(logp[r, scored[2]] - logp[r, scored[1]]) if logp is not None and scored else math.nan
-    return SwapResult(answers, margins, resized, int(t_pos.numel()), len(prefix) if scored is not None else -1)
+    return SwapResult(answers, margins, resized, int(t_pos.numel()), len(prefix) if scored is not None else -1,
+                      reused_vision=encoded is not None)

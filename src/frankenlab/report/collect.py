@@ -44,8 +44,11 @@ def _jsonl(path: Path) -> list[dict[str, Any]] | None:
     return rows
 
 
-def _pngs(folder: Path) -> list[Path]:
-    return sorted(folder.rglob("*.png")) if folder.exists() else []
+def _pngs(folder: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """PNGs under `folder`, leaving out those under its subfolders named in `skip`."""
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.rglob("*.png") if not set(p.relative_to(folder).parts[:-1]) & set(skip))
 
 
 def collect_recipe(name: str, stage_dirs: dict[str, Path], inputs: dict[str, dict[str, Any]]) -> RecipeData:
@@ -54,6 +57,7 @@ def collect_recipe(name: str, stage_dirs: dict[str, Path], inputs: dict[str, dic
     cmp_dir = stage_dirs["compare"]
     d.tables["compare_layers"] = _csv(cmp_dir / "layers.csv")
     d.tables["compare_regions"] = _csv(cmp_dir / "regions.csv")
+    d.tables["compare_tensors"] = _csv(cmp_dir / "tensors.csv")  # per matrix: the geometry claims' unit
     d.plots["compare"] = _pngs(cmp_dir / "plots")
     for role in ("IN", "RL"):
         v = stage_dirs["probe_vision"] / role
@@ -70,10 +74,24 @@ def collect_recipe(name: str, stage_dirs: dict[str, Path], inputs: dict[str, dic
     d.tables["eval_metrics"] = _csv(ev / "metrics.csv")
     d.tables["eval_summary"] = _csv(ev / "summary.csv")
     d.tables["eval_comparisons"] = _csv(ev / "comparisons.csv")
-    d.plots["merge_eval"] = _pngs(ev)
+    d.plots["merge_eval"] = _pngs(ev, skip=("passk",))
+    d.tables["passk"] = _csv(ev / "passk" / "passk.csv")
+    d.plots["passk"] = _pngs(ev / "passk" / "plots")
+    kl, lens = stage_dirs.get("probe_kl"), stage_dirs.get("probe_lens")
+    if kl is not None:
+        d.tables["kl_classes"] = _csv(kl / "kl_classes.csv")
+        d.tables["kl_items"] = _csv(kl / "kl_items.csv")
+        d.tables["kl_top"] = _csv(kl / "kl_top.csv")
+        d.plots["probe_kl"] = _pngs(kl)
+    if lens is not None:
+        d.tables["lens_layers"] = _csv(lens / "lens_layers.csv")
+        d.tables["lens_items"] = _csv(lens / "lens_items.csv")
+        d.tables["lens_pair"] = _csv(lens / "lens_pair.csv")
+        d.plots["probe_lens"] = _pngs(lens)
     variants = ev / "variants.json"
     if variants.exists():
         d.notes["variants"] = json.loads(variants.read_text())
+        d.notes["rank_variants"] = {label: v["rank"] for label, v in d.notes["variants"].items() if v.get("rank")}
     fr = stage_dirs["freeze"]
     d.tables["necessity"] = _csv(fr / "necessity.csv")
     d.plots["freeze"] = _pngs(fr)

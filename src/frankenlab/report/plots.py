@@ -7,13 +7,17 @@ gets its plot, and the HTML can inline them.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["gain_panels", "png_bytes"]
+__all__ = ["PHASE_STYLE", "gain_panels", "layer_lines", "png_bytes"]
+
+#: Update phase → (legend label, colour), in drawing order.
+PHASE_STYLE = {"rl": ("ΔRL (IN → RL)", "tab:blue"), "in": ("ΔIN (BASE → IN)", "tab:orange")}
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -61,6 +65,42 @@ def gain_panels(df: pd.DataFrame, panel: str, label: str, title: str, xlabel: st
         if j:
             ax.tick_params(labelleft=False)
     fig.suptitle(title, fontsize=10)
+    return png_bytes(fig)
+
+
+def layer_lines(per_layer: pd.DataFrame, series: Sequence[tuple[str, str, str]], title: str, ylabel: str, *,
+                logy: bool = False, ylim: tuple[float, float] | None = None) -> bytes | None:
+    """Per LLM decoder layer, one line per update phase and `series` entry (column, label, line style).
+
+    `per_layer` holds `phase`, `layer` (0-based decoder index) and the series' columns; a series with no
+    finite value in a phase is not drawn, and None is returned when nothing is.
+    """
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = False
+    for phase, (label, color) in PHASE_STYLE.items():
+        sub = per_layer[per_layer["phase"] == phase].sort_values("layer")
+        for col, what, style in series:
+            if col not in sub.columns:
+                continue
+            y = pd.to_numeric(sub[col], errors="coerce").to_numpy(float)
+            ok = np.isfinite(y) & ((y > 0) if logy else True)
+            if not ok.any():
+                continue
+            ax.plot(sub["layer"].to_numpy()[ok], y[ok], style, color=color, marker="o", ms=3, lw=1.4,
+                    label=f"{label}: {what}")
+            drawn = True
+    if not drawn:
+        return None
+    if logy:
+        ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel("LLM decoder layer", fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return png_bytes(fig)
 
 

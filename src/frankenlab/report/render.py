@@ -19,7 +19,7 @@ import pandas as pd
 
 from frankenlab.io import atomic_file
 from frankenlab.report.collect import RecipeData
-from frankenlab.report.plots import gain_panels
+from frankenlab.report.plots import PHASE_STYLE, gain_panels, layer_lines
 
 TABLE_COLUMNS: dict[str, list[str]] = {
     "compare_regions": ["region", "phase", "fro_sum", "fro_mean", "rel_fro_mean", "stable_rank_mean",
@@ -32,18 +32,35 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "vision_in": ["task", "layer", "unified_layer", "n", "change_rate", "flip_rate", "accuracy"],
     "ablation_rl": ["task", "layer", "unified_layer", "n", "accuracy", "gold_logprob"],
     "ablation_in": ["task", "layer", "unified_layer", "n", "accuracy", "gold_logprob"],
+    "kl_classes": ["class", "n_tokens", "n_items", "kl_rl_in_mean", "kl_rl_in_low", "kl_rl_in_high", "kl_in_rl_mean",
+                   "kl_in_rl_low", "kl_in_rl_high"],
+    "kl_top": ["item", "position", "class", "context", "kl_rl_in", "kl_in_rl", "rl_top", "in_top"],
+    "lens_pair": ["task", "n", "mean_in", "mean_rl", "diff", "diff_low", "diff_high", "p", "n_in_only", "n_rl_only"],
+    "passk": ["model", "task", "setting", "k", "pass_at_k", "low", "high", "n", "n_failed"],
 }
 SECTIONS = [
     ("Update characterization (parameter comparison)", "compare", ["compare_regions"]),
+    ("Weight geometry (per matrix: sparsity, rank, principal directions, rotation)", "geometry", []),
     ("Vision localization (visual-token swapping)", "probe_vision", ["vision_rl", "vision_in"]),
     ("Reasoning localization (layer ablation)", "probe_ablate", ["ablation_rl", "ablation_in"]),
     ("Attention to vision, IN vs RL", "probe_attention", ["attention_diff"]),
+    ("Behaviour: how far RL moved the next-token distributions (per-token KL)", "probe_kl",
+     ["kl_classes", "kl_top"]),
+    ("Behaviour: where the answer forms (logit lens, IN vs RL)", "probe_lens", ["lens_pair"]),
     ("Transferability (merged variants: M_vis / M_v2r / M_rea)", "merge_eval", ["eval_metrics"]),
+    ("Coverage (pass@k of IN, RL and the merged variants)", "passk", ["passk"]),
     ("Necessity (freezing during RL)", "freeze", ["necessity"]),
 ]
 #: The measures of the merged-variant table, in display order.
 VARIANT_MEASURES = ("M_vis", "M_v2r", "M_rea", "accuracy:image")
 MODEL_ROLES = ("BASE", "IN", "RL")
+#: The claims decided from compare's per-matrix geometry, listed again in the Weight geometry section.
+GEOMETRY_CLAIMS = ("rl_update_sparse_full_rank", "rl_off_principal", "rl_rotates_less_than_sft")
+#: What a section says when it has nothing to show (default: the stage did not run).
+_EMPTY = {"geometry": "No per-matrix geometry for this recipe: the compare stage wrote no tensors.csv with 2-D LLM "
+                      "matrices (see Stages).",
+          "passk": "No pass@k for this recipe: set eval.samples (e.g. 16) in the study config to sample answers."}
+_NO_RESULTS = "This stage produced no results for this recipe (see Stages)."
 _BADGE = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700"}
 _HEADLINE_KEYS = ("effect", "ci_low", "ci_high", "n", "p", "test")
 _SUBTEST_COLUMNS = ["subtest", "effect", "95 % CI", "n", "p", "p (Holm)", "test", "verdict"]
@@ -356,9 +373,111 @@ def _necessity_gains(nec: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def stage_extras(r: RecipeData, stage: str) -> Extras:
+def geometry_per_layer(tensors: pd.DataFrame | None) -> pd.DataFrame:
+    """Per phase and LLM decoder layer (0-based), the mean per-matrix geometry of compare's tensors table.
+
+    Angles and sparsity average every 2-D LLM matrix (an unchanged one has angle 0 and changed share 0); the
+    principal share and its null average the changed matrices, where the share is defined.
+    """
+    from frankenlab.study.claims import geometry_matrices
+
+    cols = ["phase", "layer", "matrices", "angle_mean", "angle_max", "principal_share", "principal_share_null",
+            "changed", "below_bf16"]
+    rows = []
+    for phase in PHASE_STYLE:
+        df = geometry_matrices(tensors, phase)
+        if df.empty:
+            continue
+        num_ = {c: pd.to_numeric(df[c], errors="coerce") if c in df.columns else pd.Series(float("nan"), df.index)
+                for c in ("subspace_angle_mean_deg", "subspace_angle_max_deg", "principal_share",
+                          "principal_share_null", "below_bf16_frac")}
+        defined = num_["principal_share"].notna() & (df["changed"] > 0)
+        for layer, idx in df.groupby(pd.to_numeric(df["layer"], errors="coerce")).groups.items():
+            if pd.isna(layer):
+                continue
+            d = defined.loc[idx]
+            at = {c: v.loc[idx] for c, v in num_.items()}
+            rows.append({"phase": phase, "layer": int(layer) - 1, "matrices": len(idx),  # unified k+1 = decoder k
+                         "angle_mean": at["subspace_angle_mean_deg"].mean(),
+                         "angle_max": at["subspace_angle_max_deg"].max(),
+                         "principal_share": at["principal_share"][d].mean(),
+                         "principal_share_null": at["principal_share_null"][d].mean(),
+                         "changed": df["changed"].loc[idx].mean(), "below_bf16": at["below_bf16_frac"].mean()})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def geometry_summary(tensors: pd.DataFrame | None) -> Block | None:
+    """One row per update phase: the means over its changed 2-D LLM matrices that the geometry claims test."""
+    from frankenlab.study.claims import geometry_matrices
+
+    rows: list[list[Cell]] = []
+    for phase, (label, _) in PHASE_STYLE.items():
+        df = geometry_matrices(tensors, phase)
+        if df.empty:
+            continue
+        ch = df[df["changed"] > 0]
+
+        def mean(col: str, frame: pd.DataFrame = ch) -> str:
+            return num(pd.to_numeric(frame[col], errors="coerce").mean()) if col in frame.columns and len(frame) \
+                else "–"
+
+        ratio = (pd.to_numeric(ch["principal_share"], errors="coerce")
+                 / pd.to_numeric(ch["principal_share_null"], errors="coerce")) \
+            if {"principal_share", "principal_share_null"} <= set(ch.columns) and len(ch) else pd.Series(dtype=float)
+        rows.append([label, f"{len(df)} ({len(ch)} changed)", mean("changed"), mean("below_bf16_frac"),
+                     mean("update_rank_frac"), num(ratio.mean()) if ratio.notna().any() else "–",
+                     mean("subspace_angle_mean_deg"), mean("subspace_angle_max_deg")])
+    if not rows:
+        return None
+    return Block("Per-matrix geometry of each update: means over its changed 2-D LLM weight matrices", [
+        "update", "LLM matrices", "changed share", "below-bf16 share", "update rank / min(m, n)",
+        "principal share / null", "mean angle (°)", "max angle (°)"], rows, key="geometry_summary",
+        note="changed share = 1 − unchanged_frac (exact stored changes); principal share / null = ‖U_kᵀΔV_k‖²/‖Δ‖² "
+             "over k²/(m·n), 1 for an update blind to W's directions; angles between the top-k singular subspaces "
+             "of the weights before and after.")
+
+
+def _geometry_extras(r: RecipeData, claims: Sequence[dict[str, Any]]) -> Extras:
+    ex = Extras()
+    tensors = r.tables.get("compare_tensors")
+    summary = geometry_summary(tensors)
+    if summary is None:
+        return ex
+    ex.blocks.append(summary)
+    decided = [c for c in claims if c.get("claim") in GEOMETRY_CLAIMS]
+    if decided:
+        ex.blocks.append(Block("Claims decided from these numbers (their tests under Findings)",
+                               ["claim", "verdict", "reason"],
+                               [[str(c.get("statement") or c.get("claim")), Verdict(inline(c.get("verdict"))),
+                                 reason_of(c)] for c in decided], key="geometry_claims"))
+    per = geometry_per_layer(tensors)
+    figures = [
+        ("geometry_angles.png", [("angle_mean", "mean angle", "-"), ("angle_max", "max angle", "--")],
+         "Rotation of the top-k singular subspaces per layer", "principal angle (degrees)", {},
+         "Principal angles between the top-k singular subspaces of each matrix before and after the update: mean "
+         "over the layer's matrices of the mean angle (solid) and the layer's largest angle (dashed)."),
+        ("geometry_principal_share.png", [("principal_share", "principal share", "-"),
+                                          ("principal_share_null", "random-update null", ":")],
+         "Update energy inside the weights' principal k × k block", "share of ‖Δ‖_F²", {"logy": True},
+         "Share of the update's energy inside W_ref's top-k singular block (solid) against its expectation for an "
+         "update blind to W's directions, k²/(m·n) (dotted): below the null = off the principal directions."),
+        ("geometry_sparsity.png", [("changed", "changed share", "-"), ("below_bf16", "below-bf16 share", "--")],
+         "Share of entries the update changed", "share of entries", {"ylim": (-0.02, 1.02)},
+         "Changed share (1 − unchanged_frac, solid) and the share of entries changed by less than a bf16 step of "
+         "the weight (dashed), mean over the layer's matrices."),
+    ]
+    for name, series, title, ylabel, kw, caption in figures:
+        png = layer_lines(per, series, title, ylabel, **kw)
+        if png:
+            ex.plots.append(Plot(name, png, caption))
+    return ex
+
+
+def stage_extras(r: RecipeData, stage: str, claims: Sequence[dict[str, Any]] = ()) -> Extras:
     """Tables and plots the report derives from a stage's tables (so they exist even for a copied table)."""
     ex = Extras()
+    if stage == "geometry":
+        return _geometry_extras(r, claims)
     if stage == "merge_eval":
         v = variant_rows(r.tables.get("eval_metrics"), r.tables.get("eval_comparisons"))
         if not v.empty:
@@ -514,7 +633,7 @@ def render_html(title: str, meta: dict[str, Any], outcomes: Sequence[dict[str, A
         for r in recipes:
             if len(recipes) > 1:
                 h.append(f"<h3>{html.escape(r.name)}</h3>")
-            extras = stage_extras(r, stage)
+            extras = stage_extras(r, stage, claims.get(r.name, []))
             shown = bool(extras.blocks or extras.plots)
             h += [block_html(b) for b in extras.blocks]
             for key in keys:
@@ -532,7 +651,7 @@ def render_html(title: str, meta: dict[str, Any], outcomes: Sequence[dict[str, A
                 shown = True
                 h.append("<div class='plots'>" + "".join(figs) + "</div>")
             if not shown:
-                h.append("<p class='muted'>This stage produced no results for this recipe (see Stages).</p>")
+                h.append(f"<p class='muted'>{html.escape(_EMPTY.get(stage, _NO_RESULTS))}</p>")
     h.append("</body></html>")
     return "\n".join(h)
 
@@ -616,7 +735,7 @@ def render_markdown(title: str, meta: dict[str, Any], outcomes: Sequence[dict[st
         for r in recipes:
             if len(recipes) > 1:
                 m += [f"### {r.name}", ""]
-            extras = stage_extras(r, stage)
+            extras = stage_extras(r, stage, claims.get(r.name, []))
             for b in extras.blocks:
                 m += block_md(b)
             for key in keys:

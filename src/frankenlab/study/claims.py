@@ -669,9 +669,196 @@ def claim_attention_mid_late(attention_items: Sequence[Mapping[str, Any]] | None
     return _decide(c, tests, "the attention shifts")
 
 
+# -- weight geometry (per matrix, compare's tensors.csv) ------------------------------------------
+#: H0 thresholds of `rl_update_sparse_full_rank`: "sparse" = under half the entries changed, "(nearly)
+#: full-rank" = numerical rank above half of min(m, n).
+SPARSE_MAX = 0.5
+RANK_MIN = 0.5
+_GEOMETRY_HINT = ("compare ran without the geometry (--svd none or --top-k-subspace 0); rerun the compare stage "
+                  "with compare.svd auto or exact.")
+
+
+def _truthy(col: pd.Series) -> pd.Series:
+    """A bool column as read from CSV or Parquet (True/False, 1/0, "true"/"false")."""
+    if col.dtype == bool:
+        return col
+    return col.astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
+
+
+def geometry_matrices(tensors: pd.DataFrame | None, phase: str) -> pd.DataFrame:
+    """The 2-D LLM weight matrices of `phase` in compare's tensors table, with `changed` = 1 − unchanged_frac.
+
+    Vectors (norms, biases), tensors viewed as matrices (ndim > 2), vision, projector, embeddings and the
+    head are left out: the claims are about the language model's weight matrices.
+    """
+    if tensors is None or tensors.empty or not {"phase", "section", "unchanged_frac"} <= set(tensors.columns):
+        return pd.DataFrame()
+    keep = (tensors["phase"] == phase) & (tensors["section"] == "llm")
+    if "is_matrix" in tensors.columns:
+        keep &= _truthy(tensors["is_matrix"])
+    if "ndim" in tensors.columns:
+        keep &= pd.to_numeric(tensors["ndim"], errors="coerce") == 2
+    df = tensors[keep].copy()
+    df["changed"] = 1.0 - pd.to_numeric(df["unchanged_frac"], errors="coerce")
+    df["key"] = df["canonical"] if "canonical" in df.columns else df["name"]
+    return df
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    return pd.to_numeric(df[name], errors="coerce") if name in df.columns else pd.Series(np.nan, index=df.index)
+
+
+def _studentized_ci(x: np.ndarray) -> tuple[float, float]:
+    """95 % bootstrap-t interval of the mean: it widens towards a long tail, where the percentile interval of a
+    skewed sample (a few large values, often missing from the sample) is too narrow on the other side."""
+    n = x.size
+    se = float(x.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+    if not se > 0:
+        return float(x.mean()), float(x.mean())
+    rng = np.random.default_rng(SEED)
+    xb = x[rng.integers(0, n, (N_BOOT, n))]
+    sb = xb.std(axis=1, ddof=1) / math.sqrt(n)
+    tb = (xb.mean(axis=1) - x.mean()) / np.where(sb > 0, sb, np.inf)
+    hi_q, lo_q = np.percentile(tb, [97.5, 2.5])
+    return float(x.mean() - hi_q * se), float(x.mean() - lo_q * se)
+
+
+def _one_sample(name: str, x: Sequence[float], null: float, expect: int, studentized: bool = False) -> SubTest:
+    """mean(x) against `null`: bootstrap interval of the mean (percentile, or bootstrap-t for skewed values),
+    sign-flip p of x − null (symmetry about it)."""
+    arr = np.asarray(x, dtype=float)
+    kind = "studentized (bootstrap-t)" if studentized else "bootstrap"
+    t = _paired(name, arr - null, test=f"{kind} interval over matrices, sign-flip p about {_fmt(null)}", expect=expect)
+    if studentized:
+        t.ci_low, t.ci_high = _studentized_ci(arr - null)
+    t.effect, t.ci_low, t.ci_high, t.null = t.effect + null, t.ci_low + null, t.ci_high + null, null
+    return t
+
+
+def _kind_table(df: pd.DataFrame, cols: Mapping[str, pd.Series]) -> dict[str, Any]:
+    """Per module kind: matrices and the mean of each named per-matrix series."""
+    kinds = df["kind"].astype(str) if "kind" in df.columns else pd.Series("all", index=df.index)
+    rows = [[k, int((kinds == k).sum()), *(_r(s[kinds == k].mean(), 5) for s in cols.values())]
+            for k in dict.fromkeys(kinds)]
+    return {"columns": ["kind", "matrices", *cols], "rows": rows}
+
+
+def _no_rl_update(tensors: pd.DataFrame | None) -> tuple[pd.DataFrame, str]:
+    """(ΔRL's LLM matrices, "") or (empty, the reason there is nothing to test)."""
+    if tensors is None or tensors.empty:
+        return pd.DataFrame(), "the compare stage has no per-tensor results (tensors.csv)."
+    rl = geometry_matrices(tensors, "rl")
+    if rl.empty:
+        return rl, "compare's tensors table has no 2-D LLM weight matrix for ΔRL."
+    if not (rl["changed"] > 0).any():
+        return rl, ("no update: every LLM weight matrix of RL is identical to IN (ΔRL = 0), so there is no update "
+                    "geometry to test.")
+    return rl, ""
+
+
+def claim_rl_sparse_full_rank(tensors: pd.DataFrame | None) -> Claim:
+    c = Claim("rl_update_sparse_full_rank", "RL's update is sparse but (nearly) full-rank.", INCONCLUSIVE,
+              f"Unit: one 2-D LLM weight matrix that ΔRL = RL − IN changed at all (unchanged matrices have no "
+              f"rank to speak of and are left out). H0a: the mean share of changed entries (1 − unchanged_frac) is "
+              f"≥ {SPARSE_MAX}; H0b: the mean numerical rank of ΔRL over min(m, n) (update_rank_frac: σ_i > "
+              f"rank_tol·σ1, full spectra only) is ≤ {RANK_MIN}. One-sample tests over matrices (bootstrap "
+              "interval of the mean, sign-flip p about the threshold), Holm. Supported when the changed share is "
+              f"significantly below {SPARSE_MAX} and the rank fraction significantly above {RANK_MIN}; a dense or "
+              "a low-rank update contradicts it.")
+    rl, why = _no_rl_update(tensors)
+    if why:
+        return _no(c, why)
+    changed = rl[rl["changed"] > 0]
+    ranks = _col(changed, "update_rank_frac")
+    c.evidence.update(n_matrices=len(rl), n_unchanged=int((rl["changed"] <= 0).sum()),
+                      mean_changed_share=_r(changed["changed"].mean()),
+                      mean_below_bf16_share=_r(_col(changed, "below_bf16_frac").mean()),
+                      n_with_rank=int(ranks.notna().sum()))
+    c.evidence["table"] = _kind_table(changed, {"changed share": changed["changed"], "update rank / min(m, n)": ranks,
+                                                "below-bf16 share": _col(changed, "below_bf16_frac")})
+    tests = [_one_sample("changed share (1 − unchanged_frac)", changed["changed"].to_numpy(float), SPARSE_MAX, -1)]
+    if ranks.notna().any():
+        tests.append(_one_sample("update rank / min(m, n)", ranks.dropna().to_numpy(float), RANK_MIN, 1))
+    _decide(c, tests, "sparsity and rank")
+    if len(tests) == 1 and c.verdict == SUPPORTED:
+        c.verdict = INCONCLUSIVE
+        c.reason = ("the update is significantly sparse, but no changed matrix has a full spectrum, so its rank is "
+                    "unknown: rerun the compare stage with compare.svd exact.")
+    return c
+
+
+def claim_rl_off_principal(tensors: pd.DataFrame | None) -> Claim:
+    c = Claim("rl_off_principal", "RL's update lies off the principal directions of the weights.", INCONCLUSIVE,
+              "Unit: one 2-D LLM weight matrix that ΔRL changed. Per matrix, the excess "
+              "principal_share / principal_share_null − 1: the share of ‖ΔRL‖_F² inside W_IN's top-k × k singular "
+              "block (U_kᵀ Δ V_k), relative to k²/(m·n), its expectation for an update blind to W's directions. "
+              "H0: the mean excess is ≥ 0 (no less principal energy than a random update). Studentized "
+              "(bootstrap-t) interval over matrices, as the excess of a low-rank or sparse update is right-skewed; "
+              "sign-flip p. Supported when the interval lies below 0; contradicted when it lies "
+              "above 0 (the update favours the principal directions). Uniform noise has excess 0 in expectation "
+              "and stays inconclusive.")
+    rl, why = _no_rl_update(tensors)
+    if why:
+        return _no(c, why)
+    changed = rl[rl["changed"] > 0]
+    share, null = _col(changed, "principal_share"), _col(changed, "principal_share_null")
+    ok = share.notna() & (null > 0)
+    if not ok.any():
+        return _no(c, "no principal share for any changed LLM matrix: " + _GEOMETRY_HINT)
+    excess = (share[ok] / null[ok] - 1.0).to_numpy(float)
+    c.evidence.update(n_matrices=len(rl), n_unchanged=int((rl["changed"] <= 0).sum()),
+                      mean_principal_share=_r(share[ok].mean(), 6), mean_null=_r(null[ok].mean(), 6),
+                      median_ratio=_r(float(np.median(excess + 1.0))),
+                      share_below_null=_r(float(np.mean(excess < 0))))
+    inn = geometry_matrices(tensors, "in")
+    if not inn.empty:
+        s_in, n_in = _col(inn, "principal_share"), _col(inn, "principal_share_null")
+        k = s_in.notna() & (n_in > 0) & (inn["changed"] > 0)
+        if k.any():
+            c.evidence["mean_excess_in"] = _r(float((s_in[k] / n_in[k] - 1.0).mean()))  # ΔIN, for comparison
+    c.evidence["table"] = _kind_table(changed[ok], {"principal share": share[ok], "null k²/(m·n)": null[ok],
+                                                    "share / null": share[ok] / null[ok]})
+    return _decide(c, [_one_sample("principal share / null − 1", excess, 0.0, -1, studentized=True)],
+                   "the principal share")
+
+
+def claim_rl_rotates_less(tensors: pd.DataFrame | None) -> Claim:
+    c = Claim("rl_rotates_less_than_sft", "RL rotates the weights' principal subspaces less than SFT (IN) did.",
+              INCONCLUSIVE, "Needs BASE. Unit: one 2-D LLM weight matrix changed by ΔRL or ΔIN. Paired per matrix: "
+              "d = subspace_angle_mean_deg of ΔRL (IN → RL) − that of ΔIN (BASE → IN), the mean principal angle "
+              "between the top-k left and right singular subspaces before and after. H0: mean d ≥ 0. Paired "
+              "bootstrap interval over matrices, sign-flip p. Supported when the interval lies below 0, "
+              "contradicted when above 0.")
+    rl, why = _no_rl_update(tensors)
+    if why:
+        return _no(c, why)
+    inn = geometry_matrices(tensors, "in")
+    if inn.empty:
+        return _no(c, "no BASE checkpoint: ΔIN = IN − BASE is unavailable, so there is no SFT rotation to compare "
+                      "with.")
+    if not (inn["changed"] > 0).any():
+        return _no(c, "no update in ΔIN: IN is identical to BASE in every LLM matrix.")
+    col = "subspace_angle_mean_deg"
+    a = rl.assign(angle=_col(rl, col)).set_index("key")[["angle", "changed"]]
+    b = inn.assign(angle=_col(inn, col)).set_index("key")[["angle", "changed"]]
+    both = a.join(b, lsuffix="_rl", rsuffix="_in", how="inner")
+    both = both[both["angle_rl"].notna() & both["angle_in"].notna()
+                & ((both["changed_rl"] > 0) | (both["changed_in"] > 0))]
+    if both.empty:
+        return _no(c, "no LLM matrix has a subspace angle in both phases: " + _GEOMETRY_HINT)
+    d = (both["angle_rl"] - both["angle_in"]).to_numpy(float)
+    c.evidence.update(n_matrices=len(both), n_rl_unchanged=int((both["changed_rl"] <= 0).sum()),
+                      mean_angle_rl_deg=_r(both["angle_rl"].mean()), mean_angle_in_deg=_r(both["angle_in"].mean()),
+                      share_rl_below_in=_r(float(np.mean(d < 0))))
+    return _decide(c, [_paired("mean principal angle: ΔRL − ΔIN (degrees)", d, expect=-1)], "the rotation contrast")
+
+
 def decide_all(tables: Mapping[str, pd.DataFrame | None], cuts: Cuts,
                items: Mapping[str, Any] | None = None, *, n_layers: int | None = None,
-               control_tasks: Sequence[str] = (), attention_tokens: str = "response") -> list[Claim]:
+               control_tasks: Sequence[str] = (), attention_tokens: str = "response",
+               rank_variants: Mapping[str, Mapping[str, int]] | None = None) -> list[Claim]:
+    from frankenlab.study.claims_behaviour import claim_answer_emerges_earlier, claim_rank_k_keeps_gain
+
     items = items or {}
     return [
         claim_rl_update_mid_late(tables.get("compare_layers"), cuts),
@@ -680,4 +867,9 @@ def decide_all(tables: Mapping[str, pd.DataFrame | None], cuts: Cuts,
         claim_transfer_mid_late(items.get("eval"), cuts, n_layers),
         claim_freeze_late_hurts_most(tables.get("necessity"), items.get("freeze")),
         claim_attention_mid_late(items.get("attention"), cuts, attention_tokens),
+        claim_rl_sparse_full_rank(tables.get("compare_tensors")),
+        claim_rl_off_principal(tables.get("compare_tensors")),
+        claim_rl_rotates_less(tables.get("compare_tensors")),
+        claim_answer_emerges_earlier(tables.get("lens_items")),
+        claim_rank_k_keeps_gain(items.get("eval"), rank_variants or {}),
     ]

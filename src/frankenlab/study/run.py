@@ -57,7 +57,8 @@ def write_report(cfg: StudyConfig, result: StudyResult, inputs: dict[str, dict[s
         n_layers = next(iter(inputs[r.name].values()))["n_llm_layers"]
         decided = [c.to_dict() for c in decide_all(data.tables, _partition(cfg, n_layers), data.items,
                                                    n_layers=n_layers, control_tasks=control_task_names(cfg),
-                                                   attention_tokens=cfg.probe.attention_tokens)]
+                                                   attention_tokens=cfg.probe.attention_tokens,
+                                                   rank_variants=data.notes.get("rank_variants"))]
         recipes.append(data)
         claims[r.name] = decided
         findings[r.name] = decided

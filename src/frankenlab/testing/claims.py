@@ -15,8 +15,8 @@ import pandas as pd
 
 from frankenlab.regions import Partition
 
-__all__ = ["ablation_records", "attention_records", "energy_layers", "eval_records", "freeze_records",
-           "vision_records"]
+__all__ = ["GEOMETRY_PATTERNS", "ablation_records", "attention_records", "energy_layers", "eval_records",
+           "freeze_records", "geometry_tensors", "vision_records"]
 
 
 def _parts(n_layers: int, cuts: tuple[int, int] | None) -> list[str]:
@@ -181,3 +181,104 @@ def freeze_records(accuracy: dict[str, float], n_items: int = 400, *, seed: int 
         rows.append({"model": m.upper(), "family": "all", "n": n_items, "acc": float(c.mean()), "gain": d,
                      "gain_low": lo, "gain_high": hi})
     return pd.DataFrame(rows), items
+
+
+#: ΔW patterns of :func:`geometry_tensors`.
+GEOMETRY_PATTERNS = ("zero", "noise", "sparse", "rank1", "principal")
+_KINDS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _spectral(m: int, n: int, rng: np.random.Generator, decay: float) -> np.ndarray:
+    """W = U diag(s) Vᵀ with distinct decaying s: its top-k singular subspaces are well defined."""
+    r = min(m, n)
+    u, _ = np.linalg.qr(rng.standard_normal((m, r)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    return (u * (10.0 * decay ** np.arange(r))) @ v.T
+
+
+def _delta(w: np.ndarray, pattern: str, scale: float, density: float, rng: np.random.Generator) -> np.ndarray:
+    """An update with ‖Δ‖_F = scale·‖W‖_F of the named kind (see :func:`geometry_tensors`)."""
+    m, n = w.shape
+    if pattern == "zero":
+        return np.zeros_like(w)
+    if pattern == "noise":
+        d = rng.standard_normal((m, n))
+    elif pattern == "sparse":
+        d = rng.standard_normal((m, n)) * (rng.random((m, n)) < density)
+    elif pattern == "rank1":
+        d = np.outer(rng.standard_normal(m), rng.standard_normal(n))
+    elif pattern == "principal":
+        u, _, vt = np.linalg.svd(w, full_matrices=False)
+        d = np.outer(u[:, 0], vt[0])
+    else:
+        raise ValueError(f"unknown geometry pattern {pattern!r}; use one of {', '.join(GEOMETRY_PATTERNS)}")
+    norm = np.linalg.norm(d)
+    return d * (scale * np.linalg.norm(w) / norm) if norm else d
+
+
+def _angles_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Principal angles between the column spans of orthonormal a and b."""
+    return np.degrees(np.arccos(np.clip(np.linalg.svd(a.T @ b, compute_uv=False), -1.0, 1.0)))
+
+
+def _geometry_row(w: np.ndarray, d: np.ndarray, k: int, rank_tol: float = 1e-3) -> dict[str, Any]:
+    """compare's per-matrix columns for W_ref = w, W_after = w + d, by numpy's SVD (independent of compare)."""
+    m, n = w.shape
+    after = w + d
+    u0, s0, vt0 = np.linalg.svd(w, full_matrices=False)
+    u1, s1, vt1 = np.linalg.svd(after, full_matrices=False)
+    left, right = _angles_deg(u0[:, :k], u1[:, :k]), _angles_deg(vt0[:k].T, vt1[:k].T)
+    both = np.concatenate([left, right])
+    proj = max(np.sqrt(max(0.0, 2 * k - 2 * np.linalg.norm(u0[:, :k].T @ u1[:, :k]) ** 2)),
+               np.sqrt(max(0.0, 2 * k - 2 * np.linalg.norm(vt0[:k] @ vt1[:k].T) ** 2)))
+    fro = float(np.linalg.norm(d))
+    sd = np.linalg.svd(d, compute_uv=False)
+    rank = int(np.count_nonzero(sd > rank_tol * sd[0])) if fro else 0
+    return {"fro": fro, "rel_fro": fro / float(np.linalg.norm(w)), "unchanged_frac": float(np.mean(d == 0)),
+            "update_rank": rank, "update_rank_frac": rank / min(m, n),
+            "subspace_angle_max_deg": float(both.max()), "subspace_angle_mean_deg": float(both.mean()),
+            "projection_distance": float(proj),
+            "sigma_drift_topk": float(np.mean(np.abs(s1[:k] - s0[:k]) / s0[:k])),
+            "principal_share": float(np.linalg.norm(u0[:, :k].T @ d @ vt0[:k].T) ** 2 / fro**2) if fro else np.nan,
+            "principal_share_null": k * k / (m * n),
+            "below_bf16_frac": float(np.mean((d != 0) & (np.abs(d) < np.abs(w) * 2.0**-8))), "subspace_k": k}
+
+
+def geometry_tensors(rl: str, in_: str | None = None, n_layers: int = 6, *, shape: tuple[int, int] = (24, 40),
+                     k: int = 4, seed: int = 0, rl_scale: float = 1e-2, in_scale: float = 1e-2,
+                     density: float = 0.1, decay: float = 0.8) -> pd.DataFrame:
+    """compare's tensors table for a model of `n_layers` × 7 LLM matrices, each change known by construction.
+
+    BASE matrices have a decaying spectrum; IN = BASE + ΔIN (only when `in_` is given, then with phase "in"
+    rows) and RL = IN + ΔRL. A pattern is "zero" (no update: RL a byte copy of IN), "noise" (dense Gaussian,
+    blind to W's directions: principal share ≈ its null), "sparse" (a random `density` share of entries
+    with Gaussian values: sparse and full-rank), "rank1" (a dense random rank-one update) or "principal"
+    (scale·‖W‖_F·u1 v1ᵀ: inside W's top singular pair, principal share 1). ‖Δ‖_F = scale·‖W_ref‖_F. Every
+    column is computed from the matrices with numpy; one vision matrix and one norm vector per phase, with
+    values that would flip a verdict, check that claims read only the LLM's 2-D matrices.
+    """
+    rng = np.random.default_rng(seed)
+    m, n = shape
+    rows: list[dict[str, Any]] = []
+    for layer in range(n_layers):
+        for kind in _KINDS:
+            name = f"model.layers.{layer}.{'mlp' if kind in ('gate', 'up', 'down') else 'self_attn'}.{kind}.weight"
+            base = _spectral(m, n, rng, decay)
+            d_in = _delta(base, in_, in_scale, density, rng) if in_ is not None else np.zeros_like(base)
+            w_in = base + d_in
+            d_rl = _delta(w_in, rl, rl_scale, density, rng)
+            meta = {"name": name, "canonical": name, "section": "llm", "layer": layer + 1, "kind": kind,
+                    "is_matrix": True, "ndim": 2, "shape": f"[{m}, {n}]", "numel": m * n}
+            rows.append(meta | {"phase": "rl"} | _geometry_row(w_in, d_rl, k))
+            if in_ is not None:
+                rows.append(meta | {"phase": "in"} | _geometry_row(base, d_in, k))
+    for phase in ("rl", "in") if in_ is not None else ("rl",):
+        decoy = {"unchanged_frac": 0.0, "update_rank_frac": 0.01, "principal_share": 1.0, "principal_share_null": 0.01,
+                 "subspace_angle_mean_deg": 80.0, "subspace_angle_max_deg": 89.0, "below_bf16_frac": 0.0}
+        rows.append({"name": "visual.blocks.0.mlp.fc1.weight", "canonical": "visual.blocks.0.mlp.fc1.weight",
+                     "section": "vision", "layer": -1, "kind": "fc1", "is_matrix": True, "ndim": 2, "phase": phase,
+                     "shape": f"[{m}, {n}]", "numel": m * n} | decoy)
+        rows.append({"name": "model.layers.0.input_layernorm.weight", "canonical": "model.layers.0.input_layernorm"
+                     ".weight", "section": "llm", "layer": 1, "kind": "norm", "is_matrix": False, "ndim": 1,
+                     "phase": phase, "shape": f"[{n}]", "numel": n, "unchanged_frac": 0.0, "below_bf16_frac": 0.0})
+    return pd.DataFrame(rows)
