@@ -11,10 +11,24 @@ from frankenlab.layers import layer_map
 from frankenlab.regions import standard_regions
 
 
+def _common_prefixes(names: list[str]) -> list[str]:
+    """The module path(s) the files store a layer's tensors under: the longest common dotted prefix."""
+    if not names:
+        return []
+    parts = [n.split(".")[:-1] for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return [".".join(common)] if common else sorted({".".join(p[:-1]) for p in parts})
+
+
 def describe(ckpt: Checkpoint, *, cuts: str | None = None) -> dict[str, Any]:
     """A JSON-able description of `ckpt`; every tensor is classified (unknown ones raise)."""
     adapter = ckpt.adapter
     by_layer: dict[int, list[str]] = defaultdict(list)
+    stored: dict[int, list[str]] = defaultdict(list)
     sections: dict[str, dict[str, Any]] = {s: {"params": 0, "bytes": 0, "tensors": 0} for s in SECTIONS}
     dtypes: Counter[str] = Counter()
     non_layer: dict[str, list[str]] = defaultdict(list)
@@ -28,6 +42,7 @@ def describe(ckpt: Checkpoint, *, cuts: str | None = None) -> dict[str, Any]:
         dtypes[meta.dtype] += 1
         if info.layer is not None:
             by_layer[info.layer].append(info.name)
+            stored[info.layer].append(disk)
         else:
             non_layer[info.section].append(info.name)
     layers = [
@@ -36,6 +51,7 @@ def describe(ckpt: Checkpoint, *, cuts: str | None = None) -> dict[str, Any]:
             "section": ul.section,
             "block": ul.block,
             "module_paths": list(ul.module_paths),
+            "stored_paths": _common_prefixes(stored.get(ul.index, [])),
             "tensors": sorted(by_layer.get(ul.index, [])),
         }
         for ul in layer_map(adapter)

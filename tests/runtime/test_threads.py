@@ -11,6 +11,7 @@ import typer
 
 from frankenlab.cli.app import app, main
 from frankenlab.errors import FrankenlabError
+from frankenlab.runtime import threads
 from frankenlab.runtime.threads import ENV, ThreadsError, available_cores, resolve_threads, set_threads, torch_threads
 
 
@@ -22,9 +23,36 @@ def _restore(monkeypatch):
     torch.set_num_threads(before)
 
 
-def test_default_is_the_affinity_mask():
+def test_default_is_the_idle_part_of_the_affinity_mask(monkeypatch):
     assert available_cores() == len(os.sched_getaffinity(0))
-    assert resolve_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(threads, "_runnable", lambda: 1)  # only this process runs
+    assert resolve_threads() == 4
+    monkeypatch.setattr(threads, "_runnable", lambda: 3)  # two other jobs running now
+    assert resolve_threads() == 2
+    monkeypatch.setattr(threads, "_runnable", lambda: 9)  # more jobs than cores: still one thread
+    assert resolve_threads() == 1
+    monkeypatch.setattr(threads, "_runnable", lambda: None)  # no /proc/loadavg: the affinity mask
+    assert resolve_threads() == 4
+    monkeypatch.setattr(threads, "_runnable", lambda: 3)
+    assert resolve_threads(4) == 4  # an explicit count is never reduced
+
+
+def test_busy_cores_is_the_median_of_its_samples(monkeypatch):
+    seq = iter([1, 6, 3, 3, 2])
+    monkeypatch.setattr(threads, "_runnable", lambda: next(seq))
+    assert threads.busy_cores(samples=5, interval_s=0) == 2  # median 3, minus this process
+
+
+def test_runnable_reads_proc_loadavg(tmp_path, monkeypatch):
+    fake = tmp_path / "loadavg"
+    fake.write_text("3.41 2.24 2.24 4/94 20131\n")
+    monkeypatch.setattr(threads, "LOADAVG", str(fake))
+    assert threads._runnable() == 4
+    fake.write_text("garbage")
+    assert threads._runnable() is None
+    monkeypatch.setattr(threads, "LOADAVG", str(tmp_path / "absent"))
+    assert threads._runnable() is None and threads.busy_cores() == 0
 
 
 def test_affinity_not_cpu_count(monkeypatch):
@@ -105,29 +133,3 @@ def test_bad_threads_exits_2(tmp_path, capsys, monkeypatch):
     assert ENV in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
-
-def test_cli_lets_openmp_workers_sleep_before_torch_loads():
-    import subprocess
-    import sys
-
-    code = ("import os, sys\nos.environ.pop('OMP_WAIT_POLICY', None)\n"
-            "from frankenlab.runtime.threads import passive_wait\n"
-            "assert 'torch' not in sys.modules\n"
-            "assert passive_wait() and os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'\n"
-            "os.environ['OMP_WAIT_POLICY'] = 'ACTIVE'\nassert not passive_wait()\n"
-            "assert os.environ['OMP_WAIT_POLICY'] == 'ACTIVE'\n"
-            "del os.environ['OMP_WAIT_POLICY']\nimport torch\nassert not passive_wait()\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_main_sets_passive_wait_when_unset(monkeypatch, tmp_path):
-    import sys
-
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh process: torch not loaded yet
-    try:
-        with pytest.raises(SystemExit):
-            main(["--version"])
-        assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"
-    finally:
-        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)

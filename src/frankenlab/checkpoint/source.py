@@ -12,6 +12,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, shortened: hub errors run over many lines."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
 
@@ -43,15 +49,14 @@ def resolve_checkpoint(source: str | os.PathLike[str], *, revision: str | None =
         if _offline():
             raise CheckpointError(
                 f"hub id {text!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
-                f"Download it on a connected machine (`huggingface-cli download {text}`) and copy the "
+                f"Download it on a connected machine (`hf download {text}`) and copy the "
                 "cache, or pass the checkpoint's local directory instead."
             ) from cached_exc
     try:
         local = snapshot_download(text, revision=revision, allow_patterns=_HUB_PATTERNS)
     except Exception as exc:  # noqa: BLE001 - every download failure becomes one clear message
         raise CheckpointError(
-            f"could not download hub id {text!r} ({type(exc).__name__}: {exc}). If this machine is "
-            f"offline, download it elsewhere (`huggingface-cli download {text}`) and pass the local "
-            "directory instead."
+            f"could not download hub id {text!r} ({type(exc).__name__}: {_first_line(exc)}). If this machine "
+            f"is offline, download it elsewhere (`hf download {text}`) and pass the local directory instead."
         ) from exc
     return Path(local)

@@ -100,11 +100,14 @@ def _print_info(d: dict[str, Any]) -> None:
         blocks = f"{r['first_block']}–{r['last_block']}"
         t.add_row(r["name"], r["section"], blocks, f"{r['unified'][0]}..{r['unified'][1]}")
     con.print(t)
-    t = Table(title="Unified layer map")
+    t = Table(title=f"Unified layer map (module names as stored in the files, layout {d['layout']}; the loaded "
+                    "model's name in parentheses where it differs)")
     for col in ("index", "section", "module", "tensors"):
         t.add_column(col)
     for layer in d["layers"]:
-        t.add_row(str(layer["index"]), layer["section"], ", ".join(layer["module_paths"]), str(len(layer["tensors"])))
+        here, loaded = layer.get("stored_paths") or layer["module_paths"], layer["module_paths"]
+        name = ", ".join(here) + (f" ({', '.join(loaded)})" if list(here) != list(loaded) else "")
+        t.add_row(str(layer["index"]), layer["section"], name, str(len(layer["tensors"])))
     con.print(t)
 
 
@@ -131,15 +134,30 @@ app.command("study")(study_cmd)
 app.command("demo")(demo_cmd)
 
 
+def _tidy_help(cmd: Any) -> None:
+    """Help that reads like a man page: arguments in capitals, flags without a ``<bool>`` type column."""
+    for p in cmd.params:
+        if p.param_type_name == "argument" and p.metavar is None:
+            p.metavar = p.name.upper()
+        elif p.param_type_name == "option" and getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    for sub in getattr(cmd, "commands", {}).values():
+        _tidy_help(sub)
+
+
+def command() -> Any:
+    """The click command behind `frankenlab`, help tidied (what `main` runs)."""
+    cmd = typer.main.get_command(app)
+    _tidy_help(cmd)
+    return cmd
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected failures exit 2 with one line on stderr."""
     args = sys.argv[1:] if argv is None else argv
-    from frankenlab.runtime.threads import passive_wait
-
-    passive_wait()  # before torch is imported by any command
     debug = "--debug" in args
     try:
-        rc = app(args=args, standalone_mode=False)
+        rc = command().main(args=args, standalone_mode=False, prog_name="frankenlab")
     except FrankenlabError as exc:
         if debug:
             raise

@@ -57,8 +57,14 @@ def build_progress(con: Console, status: Any, start: float) -> Any:
         elapsed = f"[{time.perf_counter() - start:5.0f}s]"
         if stage == "sft":
             status.update(f"{elapsed} SFT (IN) step {info['step']}/{info['steps']}, loss {info['loss']:.3f}")
+        elif stage == "sft-start":
+            con.print(f"{elapsed} SFT of IN started: {info['steps']} steps on {info['items']} examples")
+        elif stage == "sft-done":
+            con.print(f"{elapsed} IN trained by SFT ({info['steps']} steps; loss {info['loss_first']:.3f} at the "
+                      f"first step, {info['loss_last']:.3f} over the last 5 %)")
         elif stage == "rl":
             frozen = f", {info['freeze']} frozen" if info["freeze"] else ""
+            con.print(f"{elapsed} GRPO of {info['model']} started{frozen}: {info['steps']} steps")
             status.update(f"{elapsed} GRPO {info['model']}{frozen}: {info['steps']} steps")
         elif stage == "rl-done":
             con.print(f"{elapsed} {info['model']} trained (mean reward during GRPO {info['reward']:.2f})")

@@ -110,7 +110,10 @@ def vision_cmd(
                                overwrite=overwrite, plots=plots, progress=report)
     if quiet:
         return
-    top = res.layers[res.layers["task"] == "all"].sort_values("change_rate", ascending=False).head(5)
+    pooled = res.layers[res.layers["task"] == "all"]
+    top = pooled.sort_values("change_rate", ascending=False).head(5)
+    con.print(f"the {len(top)} layers with the largest change rate, of {len(pooled)} probed (every layer and task "
+              "in vision_layers.csv):")
     for _, r in top.iterrows():
         con.print(f"layer {int(r['layer'])}: change {r['change_rate']:.2f}, flip {r['flip_rate']:.2f} (n={r['n']})")
     _summary(con, res.failed, out, "vision_layers.csv/.parquet, vision_items.jsonl, manifest.json, plots/")

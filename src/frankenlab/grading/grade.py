@@ -31,6 +31,7 @@ Decisions on ambiguous cases:
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import threading
 from collections.abc import Sequence
@@ -52,6 +53,18 @@ __all__ = ["ANSWER_TYPES", "RULES", "Verdict", "grade", "grade_batch", "math_ver
 ANSWER_TYPES = ("mcq", "numeric", "text", "math")
 # math_verify rounds floats to this many decimals before comparing (its default, 6, is a hidden tolerance).
 _MV_FLOAT_ROUNDING = 12
+
+
+class _KnownTimeoutNotice(logging.Filter):
+    """Drops math_verify's "Timeout is disabled" warning: we switch its timeout off on purpose (see
+    `_math_verify`) and bound its input instead, so the warning only adds noise to every run's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.grader", "math_verify.parser"):
+    logging.getLogger(_name).addFilter(_KnownTimeoutNotice())
 RULES = ("no_answer", "mcq_letter", "mcq_text", "mcq_unmatched", "exact", "numeric", "math_verify")
 
 

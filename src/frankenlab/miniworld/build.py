@@ -370,8 +370,12 @@ def _train_in(cfg: BuildConfig, items: list[TaskItem], out: Path, progress: Prog
         if (step + 1) % every == 0 or step + 1 == cfg.sft_steps:
             _notify(progress, "sft", step=step + 1, steps=cfg.sft_steps, loss=loss)
 
+    _notify(progress, "sft-start", steps=cfg.sft_steps, items=len(examples))
     losses = train_sft(model, examples, sft, pad_id=tokenizer.pad_token_id, on_step=on_step)
     save_pair_member(model, processor, out)
+    tail = losses[-max(1, len(losses) // 20):]
+    _notify(progress, "sft-done", steps=cfg.sft_steps, loss_first=float(losses[0]) if losses else float("nan"),
+            loss_last=float(sum(tail) / len(tail)) if losses else float("nan"))
     return losses
 
 

@@ -135,17 +135,11 @@ def quiet_transformers() -> Iterator[None]:
     deprecation chatter for the block: the library logs, the CLI shows progress."""
     import warnings
 
-    from transformers.utils import logging as hf_logging
+    from frankenlab.runtime.load import hf_progress_off
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*", category=FutureWarning)
-            yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+    with hf_progress_off(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _left_padded(processor: Any) -> contextlib.AbstractContextManager[None]:

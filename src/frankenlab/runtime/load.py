@@ -7,8 +7,10 @@ frankenlab's canonical tensor names.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from frankenlab.checkpoint import Checkpoint
@@ -19,6 +21,21 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def hf_progress_off() -> Iterator[None]:
+    """No transformers progress bars ("Loading weights", "Writing model shards") inside the block: frankenlab's
+    commands show their own progress, and two bars per stage flood a log file."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _root_and_vision(path: str | os.PathLike[str] | Checkpoint) -> tuple[str, bool]:
@@ -57,7 +74,8 @@ def load_model(path: str | os.PathLike[str] | Checkpoint, *, dtype: str | torch.
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = cls.from_pretrained(root, **kwargs)
+        with hf_progress_off():
+            model = cls.from_pretrained(root, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"transformers cannot load {root} with {cls.__name__} ({exc}).") from exc
     if str(device) != "cpu":

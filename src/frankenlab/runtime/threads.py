@@ -1,41 +1,28 @@
 """One place that decides how many CPU threads torch uses, for every command.
 
 torch's default (the physical cores it sees) ignores CPU affinity (taskset, cgroups, a Slurm
-allocation), and its OpenMP workers spin at barriers: on two cores shared with other jobs, an
-oversubscribed probe ran 4× slower than on one thread (measured, docs/probe.md). So every entry point
-sets the count explicitly: ``--threads N``, else ``FRANKENLAB_THREADS``, else the cores this process
-may run on (``os.sched_getaffinity``).
+allocation) and other jobs, and its OpenMP workers spin at barriers: on two cores shared with other
+jobs, two threads ran a layer-ablation probe 2.3–3× slower than one (measured, docs/probe.md). So
+every entry point sets the count explicitly: ``--threads N``, else ``FRANKENLAB_THREADS``, else the
+cores this process may run on (``os.sched_getaffinity``) minus those other processes are running on
+right now (the runnable count of /proc/loadavg, sampled at start), at least one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
 from frankenlab.errors import FrankenlabError
 
-__all__ = ["ENV", "ThreadsError", "available_cores", "passive_wait", "resolve_threads", "set_threads",
+__all__ = ["ENV", "ThreadsError", "available_cores", "busy_cores", "resolve_threads", "set_threads",
            "torch_threads"]
 
 #: Environment variable read when no ``--threads`` is given.
 ENV = "FRANKENLAB_THREADS"
-
-
-def passive_wait() -> bool:
-    """Let idle OpenMP workers sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``), unless the user chose.
-
-    OpenMP reads the variable once, when torch's runtime loads, so this acts only before ``import torch``
-    (the CLI calls it first thing). Spinning workers burn the cores other jobs need and then wait for
-    them: a layer-ablation probe on 2 cores shared with other jobs took 13–17 s on 2 threads, 5.9–8.4 s
-    with passive waiting, 5.2–5.7 s on one thread (docs/probe.md). Returns whether it took effect.
-    """
-    import sys
-
-    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
-        return False
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
+LOADAVG = "/proc/loadavg"
 
 
 class ThreadsError(FrankenlabError):
@@ -50,8 +37,35 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _runnable() -> int | None:
+    """Tasks running or ready to run on the whole machine now, this one included (4th field of /proc/loadavg)."""
+    try:
+        with open(LOADAVG, encoding="ascii") as fh:
+            return int(fh.read().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def busy_cores(samples: int = 5, interval_s: float = 0.01) -> int:
+    """Cores other processes keep busy right now: the median runnable count over a few samples, minus this one.
+
+    The instantaneous count, not the 1-minute load average, so that a command run right after another
+    one (which leaves the average high for minutes) still gets every idle core. 0 where /proc is absent.
+    """
+    seen = []
+    for i in range(samples):
+        n = _runnable()
+        if n is None:
+            return 0
+        seen.append(n)
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    seen.sort()
+    return max(0, seen[len(seen) // 2] - 1)
+
+
 def resolve_threads(threads: int | None = None) -> int:
-    """The count to use: ``threads``, else $FRANKENLAB_THREADS, else `available_cores()`."""
+    """The count to use: ``threads``, else $FRANKENLAB_THREADS, else the idle cores this process may use."""
     if threads is None:
         raw = os.environ.get(ENV, "").strip()
         if raw:
@@ -59,10 +73,11 @@ def resolve_threads(threads: int | None = None) -> int:
                 threads = int(raw)
             except ValueError:
                 raise ThreadsError(f"{ENV}={raw!r} is not an integer; set it to a thread count such as 1 or 4, "
-                                   "or unset it to use every core this process may run on.") from None
+                                   "or unset it to use the idle cores this process may run on.") from None
             source = f"{ENV}={raw}"
         else:
-            return available_cores()
+            cores = available_cores()
+            return max(1, cores - min(cores, busy_cores()))
     else:
         source = f"--threads {threads}"
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:

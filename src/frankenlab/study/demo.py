@@ -16,6 +16,8 @@ def demo_config(out: Path, pair: Path, threads: int | None = None) -> StudyConfi
     return parse_config({
         "out": str(out / "study"),
         "recipes": [{"name": "miniworld", "in": str(pair / "in"), "rl": str(pair / "rl")}],
+        # IN + the best rank-8 approximation of ΔRL in every decoder matrix (hidden size 64): does the gain survive?
+        "custom_variants": [{"name": "rank8", "recipe": "IN:IN:IN", "rank": {"early": 8, "mid": 8, "late": 8}}],
         "probe": {"pairs": str(pair / "probe-pairs" / "pairs.jsonl"), "n_per_task": 16,
                   "ablate_tasks": None, "ablate_limit": 48, "max_new_tokens": 6},
         "eval": {"tasks": [str(pair / "tasks" / "test.jsonl")], "limit": 800, "max_new_tokens": 8,
