@@ -202,13 +202,20 @@ def _eval_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> di
 
 
 def _eval_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
+    """IN, RL and every variant on the eval tasks. With the HF backend a variant is assembled in memory; with
+    vLLM (which loads checkpoints from disk) it is written once to a temporary checkpoint beside the study,
+    evaluated, and removed."""
+    import tempfile
+
     from frankenlab.compat import load_processor
     from frankenlab.eval import evaluate
-    from frankenlab.merge import assemble
+    from frankenlab.merge import assemble, merge
+    from frankenlab.runtime.vllm import pick_backend
 
+    backend = pick_backend(cfg.backend)
     tasks = cfg.eval.tasks or builtin_tasks(cfg)
     common = dict(settings=cfg.eval.settings, limit=cfg.eval.limit, seed=cfg.eval.seed,
-                  system_prompt=cfg.eval.system_prompt, backend="hf")
+                  system_prompt=cfg.eval.system_prompt, backend=backend)
     gen = {"max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size}
     from frankenlab.runtime.generate import GenerationSettings
 
@@ -216,7 +223,7 @@ def _eval_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, 
     recipes = variant_recipes(cfg)
     e = cfg.eval
     passk = dict(settings=e.sample_settings, limit=e.sample_limit or e.limit, seed=e.seed,
-                 system_prompt=e.system_prompt, backend="hf", samples=e.samples,
+                 system_prompt=e.system_prompt, backend=backend, samples=e.samples,
                  sample_temperature=e.sample_temperature, sample_top_p=e.sample_top_p, sample_seed=e.seed)
 
     def run(label: str, model: Any) -> None:
@@ -227,6 +234,13 @@ def _eval_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, 
     for role, path in _role_paths(recipe).items():
         run(role, path)
     write_json(out / "variants.json", {label: r.to_dict() for label, r in recipes.items()})
+    if backend == "vllm":
+        for label, r in recipes.items():
+            with tempfile.TemporaryDirectory(dir=cfg.out, prefix=".variant-") as tmp:
+                path = Path(tmp) / "ckpt"
+                merge(recipe.in_, recipe.rl, r, path)
+                run(label, str(path))
+        return
     processor = load_processor(recipe.in_)
     model = None
     for label, r in recipes.items():
