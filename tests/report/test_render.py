@@ -267,3 +267,77 @@ def test_weight_geometry_section_renders_its_plots_summary_and_claims(tmp_path):
     assert "rl_off_principal" in page[page.index("<h2>Findings"):page.index("<h2>Stages")]  # also under Findings
     empty = render_html("t", {}, [], [RecipeData(name="e")], {"e": []})
     assert "No per-matrix geometry for this recipe" in empty
+
+
+def _png_width(png: bytes) -> int:
+    assert png.startswith(b"\x89PNG")
+    return int.from_bytes(png[16:20], "big")  # IHDR width
+
+
+def _figures_by_section(page: str) -> dict[str, list[tuple[str, str]]]:
+    """Per <h2> section, each figure's (caption, what-it-shows line)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for part in page.split("<h2>")[1:]:
+        title = html.unescape(part.split("</h2>", 1)[0])
+        figs = re.findall(r"<figcaption>(.*?)</figcaption>(?:<p class='muted caption'>(.*?)</p>)?</figure>", part)
+        out[title] = [(html.unescape(c), html.unescape(d)) for c, d in figs]
+    return out
+
+
+def test_every_figure_caption_names_its_model_and_what_it_shows_once_per_section(tmp_path):
+    plots = {"probe_vision": [_png(tmp_path / "probe_vision" / m / "plots" / n) for m in ("IN", "RL")
+                              for n in ("vision_change.png", "vision_flip.png")],
+             "probe_attention": [_png(tmp_path / "probe_attention" / "plots" / n) for n in
+                                 ("attention_layers.png", "attention_diff.png", "attention_heads_own.png",
+                                  "attention_heads_shared.png")]
+             + [_png(tmp_path / "probe_attention" / "extra" / "attention_diff.png")],  # same name, other folder
+             "merge_eval": [_png(tmp_path / "merge_eval" / n) for n in ("summary.png", "metrics.png")],
+             "compare": [_png(tmp_path / "compare" / "plots" / "heatmap_fro_rl.png")]}
+    r = RecipeData(name="x", tables={"necessity": _tables()["necessity"], "eval_metrics": _tables()["eval_metrics"],
+                                     "eval_comparisons": _tables()["eval_comparisons"]}, plots=plots)
+    page = render_html("t", {}, [], [r], {"x": []})
+    sections = _figures_by_section(page)
+    owners = ("IN model", "RL model", "pair", "all models", "RL variants vs IN")
+    n = 0
+    for title, figs in sections.items():
+        captions = [c for c, _ in figs]
+        assert len(set(captions)) == len(captions), (title, captions)
+        for caption, shows in figs:
+            n += 1
+            assert caption.startswith(owners), caption
+            assert len(shows) > 20, caption  # a sentence on what the figure shows, not just a file name
+    assert n == 4 + 5 + 2 + 1 + 1 + 1  # every stage PNG, the variant and the necessity gain plots
+    vision = dict(sections["Vision localization (visual-token swapping)"])
+    assert "answer changes" in vision["RL model — vision_change.png"]
+    att = dict(sections["Attention to vision, IN vs RL"])
+    assert "pair (IN vs RL) — extra/attention_diff.png" in att
+    assert "own response" in att["pair (IN vs RL) — attention_heads_own.png"]
+    assert "symmetric around 0" in att["pair (IN vs RL) — attention_heads_shared.png"]
+    assert "ΔRL (IN → RL)" in dict(sections["Update characterization (parameter comparison)"])[
+        "pair updates (ΔRL; ΔIN with BASE) — heatmap_fro_rl.png"]
+    md = render_markdown("t", {}, [], [r], {"x": []}, tmp_path)
+    assert "![RL model — vision_flip.png](probe_vision/RL/plots/vision_flip.png)" in md
+    assert "*share of items whose answer flips" in md
+
+
+def test_transfer_plots_stay_readable_at_the_width_the_report_shows_them(tmp_path):
+    """A legend or label at 9 pt must still be ≥ 8 px after the browser scales the PNG to ~540 px."""
+    from frankenlab.eval.plots import plot_metrics, plot_passk, plot_summary
+    from frankenlab.report.plots import gain_panels
+
+    models = [f"M{i}" for i in range(8)]
+    wide = pd.DataFrame([{"metric": k, "model": m, "gain": 0.01, "gain_low": -0.01, "gain_high": 0.03}
+                         for k in ("M_vis", "M_v2r", "M_rea", "accuracy:image") for m in models])
+    summary = pd.DataFrame([{"model": m, "task": t, "setting": s, "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+                            for m in models for t in ("a", "b") for s in ("image", "black")])
+    metrics = pd.DataFrame([{"model": m, "task": "all", "metric": k, "value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+                            for m in models for k in ("M_vis", "M_v2r", "M_rea")])
+    passk = pd.DataFrame([{"model": m, "task": t, "setting": "image", "k": k, "pass_at_k": 0.5, "low": 0.4,
+                           "high": 0.6} for m in models for t in ("a", "b", "c") for k in (1, 2, 4)])
+    pngs = {"variant_gains": (gain_panels(wide, "metric", "model", "t", "gain"), 100)}
+    for name, fn, df in (("summary", plot_summary, summary), ("metrics", plot_metrics, metrics),
+                         ("passk", plot_passk, passk)):
+        pngs[name] = (fn(df, tmp_path / f"{name}.png").read_bytes(), 110)
+    for name, (png, dpi) in pngs.items():
+        shown_px = 9 * dpi / 72 * min(1.0, 540 / _png_width(png))
+        assert shown_px >= 8, f"{name}: 9 pt text shows at {shown_px:.1f} px"

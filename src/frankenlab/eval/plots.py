@@ -1,5 +1,9 @@
 """Bar charts with 95 % intervals from summary.csv and metrics.csv, pass@k curves from passk.csv (Agg canvas,
-no pyplot state)."""
+no pyplot state).
+
+Figures stay at most ~7.4 in wide with their legends below the axes at 9 pt: the study report shows them about
+540 px wide, and a wider PNG would be scaled down until its text cannot be read.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from matplotlib.figure import Figure
 from frankenlab.io import atomic_file
 
 __all__ = ["grouped_bars", "plot_metrics", "plot_passk", "plot_summary"]
+
+LEGEND_PT = 9
+MAX_WIDTH_IN = 7.4
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -30,7 +37,8 @@ def grouped_bars(df: pd.DataFrame, group: str, value: str, title: str, ylabel: s
     groups = list(dict.fromkeys(data[group]))
     models = list(dict.fromkeys(data["model"]))
     width = 0.8 / len(models)
-    fig = Figure(figsize=(max(5.0, 1.2 * len(groups) * max(1, len(models)) ** 0.5 + 2), 3.8))
+    fig = Figure(figsize=(min(MAX_WIDTH_IN, max(5.0, 1.2 * len(groups) * max(1, len(models)) ** 0.5 + 2)), 4.2),
+                 layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(groups))
     for j, model in enumerate(models):
@@ -44,8 +52,9 @@ def grouped_bars(df: pd.DataFrame, group: str, value: str, title: str, ylabel: s
     ax.set_xticklabels(groups, rotation=20 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=LEGEND_PT, loc="upper center", bbox_to_anchor=(0.5, -0.16 if len(groups) <= 4 else -0.3),
+              ncols=min(len(models), 5), frameon=False)
     return _save(fig, path)
 
 
@@ -71,7 +80,7 @@ def plot_passk(passk: pd.DataFrame, path: str | Path) -> Path | None:
     models = list(dict.fromkeys(data["model"]))
     cols = min(3, len(facets))
     rows = -(-len(facets) // cols)
-    fig = Figure(figsize=(3.6 * cols + 1.6, 3.0 * rows))
+    fig = Figure(figsize=(min(MAX_WIDTH_IN, 2.6 * cols + 0.6), 2.5 * rows + 1.0), layout="constrained")
     for j, (task, setting) in enumerate(facets):
         ax = fig.add_subplot(rows, cols, j + 1)
         for model in models:
@@ -90,8 +99,15 @@ def plot_passk(passk: pd.DataFrame, path: str | Path) -> Path | None:
         ax.set_xlabel("k")
         if j % cols == 0:
             ax.set_ylabel("pass@k")
-    fig.axes[cols - 1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # right of the top row
-    fig.suptitle("pass@k (unbiased estimator, 95 % bootstrap over items)", fontsize=10, y=1.0 + 0.06 / rows)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    for ax in fig.axes[1:]:  # every model once, even one missing from the first panel
+        for h, lbl in zip(*ax.get_legend_handles_labels()):
+            if lbl not in labels:
+                handles.append(h)
+                labels.append(lbl)
+    fig.legend(handles, labels, fontsize=LEGEND_PT, loc="outside lower center", ncols=min(len(labels), 4),
+               frameon=False)
+    fig.suptitle("pass@k (unbiased estimator, 95 % bootstrap over items)", fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, path)

@@ -13,9 +13,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["PHASE_STYLE", "gain_panels", "layer_lines", "png_bytes"]
 
+#: Widest figure (inches): the report shows figures about 540 px wide, so a wider one loses its text.
+MAX_WIDTH_IN = 7.4
+LEGEND_PT = 9
 #: Update phase → (legend label, colour), in drawing order.
 PHASE_STYLE = {"rl": ("ΔRL (IN → RL)", "tab:blue"), "in": ("ΔIN (BASE → IN)", "tab:orange")}
 
@@ -39,10 +43,13 @@ def gain_panels(df: pd.DataFrame, panel: str, label: str, title: str, xlabel: st
         return None
     panels = list(dict.fromkeys(data[panel]))
     labels = list(dict.fromkeys(data[label]))
-    fig = Figure(figsize=(min(3.3 * len(panels) + 1.6, 12.0), 0.42 * len(labels) + 1.5), layout="constrained")
+    cols = len(panels) if len(panels) <= 2 else 2  # the report shows a figure ~540 px wide: no row of four
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(min(3.0 * cols + 1.6, MAX_WIDTH_IN), (0.32 * len(labels) + 1.1) * rows + 0.4),
+                 layout="constrained")
     first = None
     for j, name in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), j + 1, sharey=first)
+        ax = fig.add_subplot(rows, cols, j + 1, sharey=first)
         first = first or ax
         sub = data[data[panel] == name].set_index(label)
         y = np.arange(len(labels))
@@ -62,7 +69,8 @@ def gain_panels(df: pd.DataFrame, panel: str, label: str, title: str, xlabel: st
         ax.set_title(str(name), fontsize=10)
         ax.set_xlabel(xlabel, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-        if j:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # narrow panels: fewer ticks, none overlapping
+        if j % cols:
             ax.tick_params(labelleft=False)
     fig.suptitle(title, fontsize=10)
     return png_bytes(fig)
@@ -75,7 +83,7 @@ def layer_lines(per_layer: pd.DataFrame, series: Sequence[tuple[str, str, str]],
     `per_layer` holds `phase`, `layer` (0-based decoder index) and the series' columns; a series with no
     finite value in a phase is not drawn, and None is returned when nothing is.
     """
-    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     drawn = False
     for phase, (label, color) in PHASE_STYLE.items():
@@ -100,7 +108,8 @@ def layer_lines(per_layer: pd.DataFrame, series: Sequence[tuple[str, str, str]],
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    n = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=LEGEND_PT, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=min(n, 2), frameon=False)
     return png_bytes(fig)
 
 

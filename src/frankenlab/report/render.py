@@ -54,6 +54,42 @@ SECTIONS = [
 #: The measures of the merged-variant table, in display order.
 VARIANT_MEASURES = ("M_vis", "M_v2r", "M_rea", "accuracy:image")
 MODEL_ROLES = ("BASE", "IN", "RL")
+#: Whose figure a PNG is when it lies in no IN/ or RL/ folder, per section.
+_STAGE_WHO = {"compare": "pair updates (ΔRL; ΔIN with BASE)", "geometry": "pair updates (ΔRL; ΔIN with BASE)",
+              "probe_attention": "pair (IN vs RL)", "probe_kl": "pair (IN vs RL)", "probe_lens": "pair (IN vs RL)",
+              "merge_eval": "all models", "passk": "all models", "freeze": "RL variants vs IN"}
+#: What a stage PNG shows, by file name (a per-mode or per-phase suffix is filled in from the name).
+_PNG_SHOWS = {
+    "vision_change.png": "share of items whose answer changes when the image's visual K/V is swapped in at the "
+                         "marked layers, per task (Wilson 95 %).",
+    "vision_flip.png": "share of items whose answer flips to the swapped-in image's answer, per task (Wilson 95 %).",
+    "ablation_accuracy.png": "accuracy with one decoder layer skipped, per task; dashed: nothing skipped.",
+    "ablation_gold_logprob.png": "mean log-probability of the gold answer token with one decoder layer skipped, "
+                                 "per task; dashed: nothing skipped.",
+    "attention_layers.png": "per-layer share of response-token attention on image tokens, IN and RL, each "
+                            "response mode (bootstrap 95 %).",
+    "attention_diff.png": "RL − IN per-layer attention share on image tokens, per response mode (paired "
+                          "bootstrap 95 %).",
+    "attention_heads_{}.png": "layer × head attention share on image tokens, {} response: IN and RL on one colour "
+                              "scale, RL − IN on a scale symmetric around 0.",
+    "kl_classes.png": "mean per-token KL between RL and IN in both directions, per position class (item bootstrap "
+                      "95 %).",
+    "lens_logprob.png": "logit lens at the last prompt token: mean log p(gold first token) per layer, IN and RL.",
+    "lens_top1.png": "logit lens at the last prompt token: share of items with the gold token top-1 per layer, IN "
+                     "and RL.",
+    "summary.png": "accuracy of every model and merged variant per task and setting (95 % bootstrap CI).",
+    "metrics.png": "M_vis, M_v2r and M_rea of every model and merged variant (95 % bootstrap CI).",
+    "passk.png": "pass@k against k of every model and merged variant, per task and setting (95 % bootstrap).",
+    "energy_layers.png": "update energy ‖Δ‖_F per layer, vision tower, projector and LLM.",
+    "rel_energy_layers.png": "relative update energy ‖Δ‖_F / ‖W‖_F per layer.",
+    "ranks_layers.png": "stable and effective rank of the update per layer (mean over the layer's matrices).",
+    "spectra_regions.png": "normalized singular-value spectra of the update per region and module kind.",
+    "geometry_layers.png": "rotation of W's top-k singular subspaces and update energy inside them, per layer.",
+    "sparsity_layers.png": "share of unchanged entries and of entries a bf16 weight would absorb, per layer.",
+    "cosine_layers.png": "cosine between the RL and the IN update per layer.",
+    "heatmap_fro_{}.png": "‖Δ‖_F per layer × module kind of the {} update (white: unchanged, grey: absent).",
+}
+_PHASE_NAMES = {"rl": "ΔRL (IN → RL)", "in": "ΔIN (BASE → IN)"}
 #: The claims decided from compare's per-matrix geometry, listed again in the Weight geometry section.
 GEOMETRY_CLAIMS = ("rl_update_sparse_full_rank", "rl_off_principal", "rl_rotates_less_than_sft")
 #: What a section says when it has nothing to show (default: the stage did not run).
@@ -499,16 +535,43 @@ def stage_extras(r: RecipeData, stage: str, claims: Sequence[dict[str, Any]] = (
     return ex
 
 
-def _stage_pngs(r: RecipeData, stage: str) -> list[tuple[Path, str]]:
-    """The stage's PNGs with captions; per-model panels (IN/, RL/) named and placed side by side."""
+def png_shows(name: str) -> str:
+    """What a stage PNG shows, from its file name ("" for a name the report does not know)."""
+    if name in _PNG_SHOWS:
+        return _PNG_SHOWS[name]
+    for pattern, text in _PNG_SHOWS.items():
+        head, _, tail = pattern.partition("{}")
+        if tail and name.startswith(head) and name.endswith(tail) and len(name) > len(head) + len(tail):
+            part = name[len(head):-len(tail)]
+            return text.format(_PHASE_NAMES.get(part, part))
+    return ""
+
+
+def _plot_caption(stage: str, p: Plot) -> str:
+    """A report-drawn figure's caption: whose it is and its name (its description goes below)."""
+    who = _STAGE_WHO.get(stage)
+    return f"{who} — {p.name}" if who else p.name
+
+
+def _stage_pngs(r: RecipeData, stage: str) -> list[tuple[Path, str, str]]:
+    """The stage's PNGs as (path, caption, what it shows); per-model panels (IN/, RL/) placed side by side.
+
+    The caption names whose figure it is (IN / RL model, the pair, all models) and the file; a file name that
+    recurs under two subfolders with the same owner gets its folder added, so no two captions of a section match.
+    """
     rank = {m: i for i, m in enumerate(MODEL_ROLES)}
     pngs = list(r.plots.get(stage, []))
     if any(model_of(p) for p in pngs):
         pngs.sort(key=lambda p: (p.name, rank.get(model_of(p) or "", -1)))
-    out = []
+    out, seen = [], set()
     for p in pngs:
         model = model_of(p)
-        out.append((p, f"{model} model — {p.name}" if model else p.name))
+        who = f"{model} model" if model else _STAGE_WHO.get(stage, "")
+        caption = f"{who} — {p.name}" if who else p.name
+        if caption in seen:
+            caption = f"{who} — {p.parent.name}/{p.name}" if who else f"{p.parent.name}/{p.name}"
+        seen.add(caption)
+        out.append((p, caption, png_shows(p.name)))
     return out
 
 
@@ -566,9 +629,11 @@ def table_html(df: pd.DataFrame, key: str) -> str:
     return f'<table data-table="{html.escape(key)}"><tr>{head}</tr>{body}</table>'
 
 
-def _figure_html(b64: str, alt: str, caption: str) -> str:
+def _figure_html(b64: str, alt: str, caption: str, shows: str = "") -> str:
+    """The image, its caption (whose figure, which file) and, below, what it shows."""
+    what = f"<p class='muted caption'>{html.escape(shows)}</p>" if shows else ""
     return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            f"<figcaption>{html.escape(caption)}</figcaption>{what}</figure>")
 
 
 def _anchor(cid: str) -> str:
@@ -644,9 +709,10 @@ def render_html(title: str, meta: dict[str, Any], outcomes: Sequence[dict[str, A
                     body = table_html(df, key)
                     h.append(f"<details><summary>{label} ({len(df)} rows)</summary>{body}</details>" if len(df) > 16
                              else f"<p><b>{label}</b></p>{body}")
-            figs = [_figure_html(base64.b64encode(p.png).decode(), p.name, p.caption) for p in extras.plots]
-            figs += [_figure_html(base64.b64encode(p.read_bytes()).decode(), p.name, cap)
-                     for p, cap in _stage_pngs(r, stage)]
+            figs = [_figure_html(base64.b64encode(p.png).decode(), p.name, _plot_caption(stage, p), p.caption)
+                    for p in extras.plots]
+            figs += [_figure_html(base64.b64encode(p.read_bytes()).decode(), p.name, cap, shows)
+                     for p, cap, shows in _stage_pngs(r, stage)]
             if figs:
                 shown = True
                 h.append("<div class='plots'>" + "".join(figs) + "</div>")
@@ -746,8 +812,8 @@ def render_markdown(title: str, meta: dict[str, Any], outcomes: Sequence[dict[st
                 rel = Path("report_plots") / f"{_safe(r.name)}_{p.name}"
                 with atomic_file(Path(root) / rel, "wb") as fh:
                     fh.write(p.png)
-                m.append(f"![{_md(p.caption)}]({rel.as_posix()})")
-            for p, cap in _stage_pngs(r, stage):
+                m += [f"![{_md(_plot_caption(stage, p))}]({rel.as_posix()})", "", f"*{_md(p.caption)}*", ""]
+            for p, cap, shows in _stage_pngs(r, stage):
                 rel = p.relative_to(root) if p.is_relative_to(root) else p
-                m.append(f"![{_md(cap)}]({rel.as_posix()})")
+                m += [f"![{_md(cap)}]({rel.as_posix()})", ""] + ([f"*{_md(shows)}*", ""] if shows else [])
     return "\n".join(m) + "\n"
