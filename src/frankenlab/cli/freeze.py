@@ -51,27 +51,34 @@ def verify_cmd(
 def emit_cmd(
     ckpt: Annotated[str, typer.Argument(help="Checkpoint whose parameter names to use.")],
     frozen: Frozen,
-    emit: Annotated[str, typer.Option(help="'regex' (one anchored pattern) or 'list' (one name a line).")] = "regex",
+    emit: Annotated[str, typer.Option(help="'regex' (one anchored pattern), 'list' (one name a line), or a trainer "
+                                           "fragment: verl, easyr1, openrlhf, trl-deepspeed (docs/freeze.md).")]
+    = "regex",
     layout: Annotated[str, typer.Option(help="Name layout: transformers5 (in-memory, what trainers see) or hub.")]
     = "transformers5",
     cuts: Cuts = None,
     threads: Threads = None,
 ) -> None:
-    """Print the frozen parameters as a regex or a list, for trainers configured by names."""
+    """Print the frozen parameters as a regex, a list, or a trainer's config fragment / Python hook."""
     apply_threads(threads)
     from frankenlab.checkpoint import Checkpoint
     from frankenlab.errors import FreezeError
     from frankenlab.freeze import emit_list, emit_regex, parse_freeze
+    from frankenlab.freeze.trainers import TRAINER_FORMATS, emit_trainer
 
-    if emit not in ("regex", "list"):
-        raise FreezeError(f"--emit {emit!r}: use 'regex' or 'list'.")
+    if emit not in ("regex", "list", *TRAINER_FORMATS):
+        raise FreezeError(f"--emit {emit!r}: use 'regex', 'list' or one of {', '.join(TRAINER_FORMATS)}.")
+    if emit in TRAINER_FORMATS and layout != "transformers5":
+        raise FreezeError(f"--emit {emit} uses the in-memory names the trainer sees; drop --layout {layout}.")
     with Checkpoint(ckpt) as c:
         spec = parse_freeze(frozen, c.adapter, cuts)
         names = c.canonical_names()
         if emit == "regex":
             typer.echo(emit_regex(spec, c.adapter, names, layout))
-        else:
+        elif emit == "list":
             typer.echo("\n".join(emit_list(spec, c.adapter, names, layout)))
+        else:
+            typer.echo(emit_trainer(emit, spec, c.adapter, names, source=ckpt), nl=False)
 
 
 @freeze_app.command("show")
@@ -79,6 +86,8 @@ def show_cmd(
     ckpt: Annotated[str, typer.Argument(help="Checkpoint.")],
     frozen: Frozen,
     cuts: Cuts = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print regions and the frozen parameter names (in-memory "
+                                                          "layout) as JSON.")] = False,
     threads: Threads = None,
 ) -> None:
     """Parameters and trainable parameters per region once the spec is applied (from headers only)."""
@@ -98,6 +107,12 @@ def show_cmd(
             n = c.meta(name).numel
             rows[key][0] += n
             rows[key][1] += 0 if name in chosen else n
+        frozen_names = [c.adapter.to_layout(n, "transformers5") for n in c.canonical_names() if n in chosen]
+    if as_json:
+        typer.echo(json.dumps({"frozen": frozen, "regions": [{"region": k, "params": n, "trainable": tr}
+                                                              for k, (n, tr) in rows.items()],
+                               "frozen_names": frozen_names}, indent=2))
+        return
     t = Table(title=f"freeze {frozen}")
     for col in ("region", "parameters", "trainable"):
         t.add_column(col, justify="left" if col == "region" else "right")

@@ -317,8 +317,6 @@ def run_rl(
     Writes ``out_dir`` as a Hugging Face directory (model + processor) with ``rl_run.json`` (settings,
     reward counts, log history, freeze verification). Nothing is left behind when any step fails.
     """
-    from frankenlab.freeze import verify_frozen
-    from frankenlab.io import atomic_dir, write_json
     from frankenlab.runtime.load import load
     from frankenlab.tasks import load_tasks
 
@@ -333,6 +331,41 @@ def run_rl(
         model, processor = load(model_dir, attn_implementation="eager")
     model.float()
     run = train_grpo(model, processor, items, settings, freeze=freeze, cuts=cuts)
+    state = _multi_process_state()
+    if state is not None and not state.is_main_process:
+        # torchrun / accelerate launch with N > 1: every rank holds the same weights; only the main one saves
+        # (N writers racing for one atomic_dir fail), the others wait for it and return its checkpoint.
+        state.wait_for_everyone()
+        if not (target / "rl_run.json").is_file():
+            raise FrankenlabError(f"the main process did not write {target}; see its error above.")
+        return target
+    try:
+        _save_and_verify(model, processor, run, target, model_dir, tasks, items, freeze, cuts, overwrite)
+    finally:
+        if state is not None:
+            state.wait_for_everyone()
+    return target
+
+
+def _multi_process_state() -> Any:
+    """accelerate's process state when this run is one of several processes (None for a single process).
+
+    Asked only after training, when the trainer has set the shared state up (asking earlier would fix its
+    device before TRL's ``use_cpu`` does)."""
+    try:
+        from accelerate import PartialState
+    except ImportError:  # pragma: no cover - accelerate comes with TRL
+        return None
+    state = PartialState()
+    return state if state.num_processes > 1 else None
+
+
+def _save_and_verify(model: Any, processor: Any, run: GRPORun, target: Path, model_dir: str | os.PathLike[str],
+                     tasks: Sequence[str | os.PathLike[str]], items: Sequence[Any], freeze: str | None,
+                     cuts: str | None, overwrite: bool) -> None:
+    from frankenlab.freeze import verify_frozen
+    from frankenlab.io import atomic_dir, write_json
+
     with atomic_dir(target, overwrite=overwrite) as tmp, quiet_transformers():
         model.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
@@ -346,4 +379,3 @@ def run_rl(
                 raise FreezeError(f"frozen tensors changed during GRPO: {', '.join(check.frozen_changed[:3])}; "
                                   "the optimizer saw frozen parameters.")
         write_json(tmp / "rl_run.json", record)
-    return target
