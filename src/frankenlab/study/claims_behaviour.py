@@ -86,7 +86,8 @@ def claim_rank_k_keeps_gain(eval_items: Sequence[Mapping[str, Any]] | None,
                 continue
             gain = np.array([ev[v][measure][i] - base[i] for i in common])
             full = np.array([rl[i] - base[i] for i in common])
-            rows.append([measure, v, str(dict(rank_variants[v])), _r(gain.mean(), 4), _r(full.mean(), 4),
+            ranks = ", ".join(f"{region}={k}" for region, k in rank_variants[v].items())
+            rows.append([measure, v, ranks, _r(gain.mean(), 4), _r(full.mean(), 4),
                          _r(gain.mean() / full.mean() if full.mean() else float("nan"), 3), len(common)])
             tests.append(_paired(f"{measure}, {v}: (V − IN) − {RETAIN}·(RL − IN)", gain - RETAIN * full))
     c.evidence["table"] = {"columns": ["measure", "variant", "rank", "gain over IN", "RL's gain", "kept share", "n"],
