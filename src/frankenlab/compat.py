@@ -33,6 +33,19 @@ _VIDEO_PROCESSOR_FOR = {
 }
 
 
+def unregister_attention(name: str) -> None:
+    """Remove an attention function (and its mask function) registered under ``name``.
+
+    transformers has `AttentionInterface.register` but no public unregister; the private mapping is touched
+    here only, so a change in transformers breaks one function, not the probes.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    for interface in (AttentionInterface, AttentionMaskInterface):
+        interface._global_mapping.pop(name, None)
+
+
 @functools.lru_cache(maxsize=1)
 def torchvision_usable() -> bool:
     """True only if torchvision imports *and* works.

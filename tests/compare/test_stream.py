@@ -302,7 +302,8 @@ def test_output_dir_guards(triple: dict[str, Path], tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "qwen2"])
 def test_real_tiny_models_in_both_layouts(tmp_path: Path, family: str) -> None:
-    testing = pytest.importorskip("frankenlab.testing.models", reason="frankenlab.testing.models not written yet")
+    from frankenlab.testing import models as testing
+
     a = testing.save_tiny_checkpoint(family, tmp_path / "in", layout="hub", seed=0, with_processor=False)
     b = testing.save_tiny_checkpoint(family, tmp_path / "rl", layout="transformers5", seed=1, with_processor=False,
                                      shards=2)

@@ -151,3 +151,20 @@ def test_copy_falls_back_where_the_kernel_cannot(tmp_path, tensors, monkeypatch)
     with ShardWriter(tmp_path / "o", [_spec("b.f32", tensors["b.f32"])]) as w:
         w.copy_range("b.f32", src, 2, 160)
     _assert_equal(_read_all(tmp_path / "o"), {"b.f32": tensors["b.f32"]})
+
+
+@pytest.mark.parametrize(("text", "expected"), [("2GB", 2 * 10**9), ("2GiB", 2 * 2**30), ("500MB", 500 * 10**6),
+                                                ("1.5G", 1_500_000_000), ("4096", 4096), (" 3 kib ", 3 * 1024)])
+def test_parse_size(text, expected):
+    from frankenlab.io.shards import parse_size
+
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "2 GBs", "-1GB", "lots"])
+def test_parse_size_refuses_what_it_cannot_read(bad):
+    from frankenlab.errors import OutputError
+    from frankenlab.io.shards import parse_size
+
+    with pytest.raises(OutputError, match="expected a size"):
+        parse_size(bad)

@@ -13,20 +13,6 @@ from rich.table import Table
 from frankenlab.errors import OutputError, RecipeError
 
 _SECTION_NAMES = {"embed": "embeddings", "head": "lm_head", "other": "final norm"}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """'2GB' → 2·10⁹, '2GiB' → 2·2³⁰, '500MB', '1.5G', plain bytes."""
-    m = _SIZE.match(text)
-    if not m:
-        raise OutputError(f"--max-shard-size {text!r}: expected a size such as 2GB, 500MB or 2GiB.")
-    value, unit = float(m.group(1)), (m.group(2) or "B").upper()
-    base = 1024 if "I" in unit else 1000
-    power = {"B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]
-    return int(value * base**power)
-
-
 def _dirname(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "-", name)
 
@@ -131,6 +117,8 @@ def merge_cmd(
         chosen = [Recipe.parse(recipe, cuts=cuts, takes=take or [], alpha=alpha, rank=rank, rest=rest or "IN")]
     if out is None and not dry_run and emit_mergekit is None:
         raise RecipeError("missing --out: the directory to write the merged checkpoint to (or pass --dry-run).")
+    from frankenlab.io.shards import parse_size
+
     shard_bytes = parse_size(max_shard_size)
     if emit_mergekit is not None and len(chosen) > 1:
         raise RecipeError("--emit-mergekit writes one YAML; use it with a single variant (--name).")

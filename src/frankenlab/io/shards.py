@@ -21,6 +21,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,3 +376,17 @@ def _copy_file_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, nbyte
                 w = os.pwrite(dst_fd, data, dst_off)
                 data, dst_off = data[w:], dst_off + w
             src_off, remaining = src_off + n, remaining - n
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'2GB' → 2·10⁹, '2GiB' → 2·2³⁰, '500MB', '1.5G', plain bytes."""
+    m = _SIZE.match(text)
+    if not m:
+        raise OutputError(f"size {text!r}: expected a size such as 2GB, 500MB or 2GiB (--max-shard-size).")
+    value, unit = float(m.group(1)), (m.group(2) or "B").upper()
+    base = 1024 if "I" in unit else 1000
+    power = {"B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]
+    return int(value * base**power)

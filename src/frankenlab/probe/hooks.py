@@ -112,6 +112,8 @@ def text_attention_function(model: Any, wrap: Callable[[AttentionFn], AttentionF
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
+    from frankenlab.compat import unregister_attention
+
     base = text_attn_implementation(model)
     if base not in ALL_MASK_ATTENTION_FUNCTIONS:
         raise ProbeError(f"text attention implementation {base!r} has no mask function; load the model with "
@@ -133,9 +135,7 @@ def text_attention_function(model: Any, wrap: Callable[[AttentionFn], AttentionF
             if text_attn_implementation(model) != base:
                 _set_text_attn(model, base)
         finally:
-            # transformers has `register` but no public unregister; the names are ours and unique.
-            AttentionInterface._global_mapping.pop(name, None)
-            AttentionMaskInterface._global_mapping.pop(name, None)
+            unregister_attention(name)
 
 
 def _repeat_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
