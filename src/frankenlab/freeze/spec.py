@@ -87,11 +87,19 @@ def apply_freeze(model: Any, adapter: Adapter, spec: FreezeSpec,
 
 
 @contextlib.contextmanager
-def frozen(model: Any, adapter: Adapter, spec: FreezeSpec) -> Iterator[FreezeReport]:
-    """Freeze for the duration of the block; requires_grad is restored even on error."""
+def kept_requires_grad(model: Any) -> Iterator[None]:
+    """Whatever the block freezes or unfreezes, every parameter's requires_grad is as before afterwards,
+    also on error (training code that freezes for one run must not leak it into the caller's model)."""
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     try:
-        yield apply_freeze(model, adapter, spec)
+        yield
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(before[n])
+
+
+@contextlib.contextmanager
+def frozen(model: Any, adapter: Adapter, spec: FreezeSpec) -> Iterator[FreezeReport]:
+    """Freeze for the duration of the block; requires_grad is restored even on error."""
+    with kept_requires_grad(model):
+        yield apply_freeze(model, adapter, spec)

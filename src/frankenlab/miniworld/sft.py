@@ -8,6 +8,7 @@ once (:func:`encode_examples`); a training step only pads and concatenates tenso
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from PIL import Image
 from transformers import PreTrainedModel
 
 from frankenlab.errors import FrankenlabError
+from frankenlab.freeze.spec import kept_requires_grad
 from frankenlab.testing.tokenizer import IM_END
 
 __all__ = ["Encoded", "SFTConfig", "collate", "encode_examples", "prompt_messages", "train_sft"]
@@ -172,7 +174,8 @@ def train_sft(
         raise FrankenlabError(f"vision_lr_scale must be >= 0, got {cfg.vision_lr_scale}.")
     gen = torch.Generator().manual_seed(cfg.seed)
     all_vision = _split_vision(model, trainable_only=False)[0]
-    vision_flags = [p.requires_grad for p in all_vision]
+    keep = contextlib.ExitStack()
+    keep.enter_context(kept_requires_grad(model))
     vision, other = _split_vision(model)
     if cfg.vision_lr_scale == 0:
         for p in all_vision:
@@ -187,8 +190,7 @@ def train_sft(
     try:
         return _loop(model, examples, cfg, pad_id, gen, opt, sched, params, on_step)
     finally:
-        for p, flag in zip(all_vision, vision_flags, strict=True):
-            p.requires_grad_(flag)
+        keep.close()
         model.eval()
 
 

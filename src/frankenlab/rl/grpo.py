@@ -230,10 +230,12 @@ def train_grpo(
         raise FrankenlabError("GRPO needs TRL: pip install 'frankenlab[rl]' (trl, accelerate, datasets).") from exc
     from frankenlab.arch.registry import adapter_for
     from frankenlab.freeze import apply_freeze, parse_freeze
+    from frankenlab.freeze.spec import kept_requires_grad
 
     settings = settings or GRPOSettings()
     run = GRPORun(settings=settings, freeze=freeze)
-    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    keep = contextlib.ExitStack()
+    keep.enter_context(kept_requires_grad(model))  # the caller's model leaves as it came, frozen or not
     try:
         if freeze:
             adapter = adapter_for(model.config.to_dict())
@@ -262,8 +264,7 @@ def train_grpo(
             trainer.train()
             run.log_history = [dict(h) for h in trainer.state.log_history]
     finally:
-        for name, p in model.named_parameters():
-            p.requires_grad_(before[name])
+        keep.close()
         model.eval()
     run.reward = reward.summary()
     return run
