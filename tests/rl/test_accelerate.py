@@ -14,8 +14,8 @@ pytest.importorskip("trl", reason="GRPO needs TRL: pip install 'frankenlab[rl]'"
 pytest.importorskip("accelerate", reason="accelerate launch needs accelerate: pip install 'frankenlab[rl]'")
 
 from frankenlab.freeze import verify_frozen  # noqa: E402
-from frankenlab.miniworld import export_tasks, make_split  # noqa: E402
 from frankenlab.rl import GRPOSettings, run_rl  # noqa: E402
+from tests.rl._world import sft_world  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -26,24 +26,7 @@ SETTINGS = GRPOSettings(steps=2, prompts_per_step=2, max_completion_length=4)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A mini-world checkpoint after a little SFT (so GRPO groups mix right and wrong answers) and a task file."""
-    from frankenlab.miniworld.model import (
-        build_miniworld_model,
-        build_miniworld_processor,
-        build_miniworld_tokenizer,
-        save_pair_member,
-    )
-    from frankenlab.miniworld.sft import SFTConfig, encode_examples, train_sft
-
-    root = tmp_path_factory.mktemp("accel")
-    tok = build_miniworld_tokenizer()
-    proc = build_miniworld_processor(tok)
-    model = build_miniworld_model(tok, seed=0)
-    items = make_split(64, 0, ["count"])
-    train_sft(model, encode_examples(proc, [(it.question, it.image, it.answer) for it in items]),
-              SFTConfig(steps=60, batch_size=16, lr=3e-3, warmup=5), pad_id=tok.pad_token_id)
-    save_pair_member(model, proc, root / "in")
-    tasks = export_tasks(make_split(16, 1, ["count"]), root / "tasks", "count")
-    return root, tasks
+    return sft_world(tmp_path_factory.mktemp("accel"))
 
 
 def _free_port() -> int:

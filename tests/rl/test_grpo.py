@@ -12,6 +12,7 @@ from frankenlab.errors import FrankenlabError, RegionError  # noqa: E402
 from frankenlab.freeze import verify_frozen  # noqa: E402
 from frankenlab.miniworld import export_tasks, make_split  # noqa: E402
 from frankenlab.rl import GRPOSettings, rl_dataset, run_rl  # noqa: E402
+from tests.rl._world import sft_world  # noqa: E402
 
 # Count questions have six plausible answers: after a little SFT, sampled groups of four are mixed right and
 # wrong, so every step has a non-zero advantage and every trainable tensor gets a gradient.
@@ -20,23 +21,7 @@ SETTINGS = GRPOSettings(steps=3, prompts_per_step=2, num_generations=4, lr=1e-4,
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from frankenlab.miniworld.model import (
-        build_miniworld_model,
-        build_miniworld_processor,
-        build_miniworld_tokenizer,
-        save_pair_member,
-    )
-    from frankenlab.miniworld.sft import SFTConfig, encode_examples, train_sft
-
-    root = tmp_path_factory.mktemp("grpo")
-    tok = build_miniworld_tokenizer()
-    proc = build_miniworld_processor(tok)
-    model = build_miniworld_model(tok, seed=0)
-    items = make_split(64, 0, ["count"])
-    train_sft(model, encode_examples(proc, [(it.question, it.image, it.answer) for it in items]),
-              SFTConfig(steps=60, batch_size=16, lr=3e-3, warmup=5), pad_id=tok.pad_token_id)
-    save_pair_member(model, proc, root / "in")
-    tasks = export_tasks(make_split(16, 1, ["count"]), root / "tasks", "count")
+    root, tasks = sft_world(tmp_path_factory.mktemp("grpo"))
     text_tasks = export_tasks(make_split(4, 1, ["text_arith"]), root / "tasks", "text")
     return root, tasks, text_tasks
 

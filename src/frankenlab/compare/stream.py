@@ -177,17 +177,12 @@ def resolve_device(device: str) -> torch.device:
 def cpu_threads(n: int | None = None) -> Iterator[int]:
     """torch uses `n` CPU threads inside the block (default: `runtime.threads.resolve_threads`, the cores this
     process may run on); restored afterwards."""
-    from frankenlab.runtime.threads import resolve_threads
+    from frankenlab.runtime.threads import torch_threads
 
-    before = torch.get_num_threads()
     if n is not None and n < 1:
         raise CompareError(f"threads must be ≥ 1 (got {n}).")
-    n = resolve_threads(n)
-    torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(n) as used:
+        yield used
 
 
 # -- one tensor --------------------------------------------------------------------------------
