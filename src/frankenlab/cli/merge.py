@@ -82,7 +82,7 @@ def merge_cmd(
 ) -> None:
     """Frankenstein checkpoints: LLM blocks from IN or RL (interpolated, extrapolated or rank-K), the rest from
     --rest."""
-    from frankenlab.merge.recipe import STANDARD, Recipe, load_recipes  # torch-free: --list-standard stays fast
+    from frankenlab.merge.recipe import STANDARD, select_variants  # torch-free: --list-standard stays fast
 
     con = Console()
     if list_standard:
@@ -95,26 +95,8 @@ def merge_cmd(
     if missing:
         raise RecipeError(f"missing {' and '.join(missing)}: give the IN and RL checkpoints "
                           "(or use --list-standard).")
-    if config is not None:
-        if recipe or take or alpha or rank or cuts or rest:
-            raise RecipeError("--config sets recipe, cuts, takes, alpha, rank and rest per variant; do not combine "
-                              "it with --recipe/--take/--alpha/--rank/--cuts/--rest.")
-        variants = load_recipes(config)
-        if all_variants:
-            chosen = list(variants.values())
-        elif name is not None:
-            if name not in variants:
-                raise RecipeError(f"{config} has no variant {name!r}; it has: {', '.join(variants)}.")
-            chosen = [variants[name]]
-        elif len(variants) == 1:
-            chosen = list(variants.values())
-        else:
-            raise RecipeError(f"{config} defines {len(variants)} variants ({', '.join(variants)}); pick one with "
-                              "--name, or write them all with --all.")
-    else:
-        if name is not None or all_variants:
-            raise RecipeError("--name and --all need --config.")
-        chosen = [Recipe.parse(recipe, cuts=cuts, takes=take or [], alpha=alpha, rank=rank, rest=rest or "IN")]
+    chosen = select_variants(config, name, all_variants, recipe=recipe, cuts=cuts, takes=take or [], alpha=alpha,
+                             rank=rank, rest=rest)
     if out is None and not dry_run and emit_mergekit is None:
         raise RecipeError("missing --out: the directory to write the merged checkpoint to (or pass --dry-run).")
     from frankenlab.io.shards import parse_size

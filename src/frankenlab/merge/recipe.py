@@ -345,3 +345,35 @@ def load_recipes(path: str | os.PathLike[str]) -> dict[str, Recipe]:
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe file {p} is not valid YAML ({exc}).") from exc
     return recipes_from_config(data, where=str(p))
+
+
+def select_variants(config: str | os.PathLike[str] | None = None, name: str | None = None,
+                    all_variants: bool = False, *, recipe: str | None = None,
+                    cuts: str | Sequence[int] | None = None, takes: Sequence[str | Take] = (),
+                    alpha: AlphaLike = None, rank: RankLike = None, rest: str | None = None) -> list[Recipe]:
+    """The variants a merge writes: from a YAML file of named variants, or one recipe from the inline options.
+
+    The arguments mirror `frankenlab merge` (`--config`, `--name`, `--all`, `--recipe`, `--cuts`, `--take`,
+    `--alpha`, `--rank`, `--rest`), so the messages name those options. With `config`, `name` picks one
+    variant, `all_variants` takes every one, and a file of a single variant needs neither; the inline
+    options must then be empty, because the file sets them per variant. Without `config`, `name` and
+    `all_variants` are errors and the inline options make one recipe (`rest` defaults to IN).
+    """
+    if config is not None:
+        if recipe or takes or alpha or rank or cuts or rest:
+            raise RecipeError("--config sets recipe, cuts, takes, alpha, rank and rest per variant; do not combine "
+                              "it with --recipe/--take/--alpha/--rank/--cuts/--rest.")
+        variants = load_recipes(config)
+        if all_variants:
+            return list(variants.values())
+        if name is not None:
+            if name not in variants:
+                raise RecipeError(f"{config} has no variant {name!r}; it has: {', '.join(variants)}.")
+            return [variants[name]]
+        if len(variants) == 1:
+            return list(variants.values())
+        raise RecipeError(f"{config} defines {len(variants)} variants ({', '.join(variants)}); pick one with "
+                          "--name, or write them all with --all.")
+    if name is not None or all_variants:
+        raise RecipeError("--name and --all need --config.")
+    return [Recipe.parse(recipe, cuts=cuts, takes=takes, alpha=alpha, rank=rank, rest=rest or "IN")]

@@ -21,8 +21,8 @@ from transformers import AutoModelForImageTextToText, PreTrainedModel, PreTraine
 from frankenlab.miniworld.probe_pairs import make_probe_pairs
 from frankenlab.miniworld.tasks import FAMILIES, make_split
 from frankenlab.synth.scenes import describe, random_scene
-from frankenlab.testing.models import safe_generate_kwargs, tiny_config, tiny_processor
-from frankenlab.testing.tokenizer import build_tokenizer
+from frankenlab.tiny.models import safe_generate_kwargs, tiny_config, tiny_processor
+from frankenlab.tiny.tokenizer import build_tokenizer
 
 __all__ = [
     "FAMILY",

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 
 from frankenlab.errors import FrankenlabError
 from frankenlab.freeze.spec import kept_requires_grad
-from frankenlab.testing.tokenizer import IM_END
+from frankenlab.tiny.tokenizer import IM_END
 
 __all__ = ["Encoded", "SFTConfig", "collate", "encode_examples", "prompt_messages", "train_sft"]
 

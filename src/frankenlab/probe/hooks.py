@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from frankenlab.arch.base import Adapter
 from frankenlab.errors import ProbeError
 
 __all__ = [
@@ -154,7 +155,8 @@ def _apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 # -- layer skipping ----------------------------------------------------------------------------------
 @contextlib.contextmanager
-def skip_layers(model: Any, adapter: Any, layers: Iterable[int] | Mapping[int, Sequence[int] | None]) -> Iterator[None]:
+def skip_layers(model: Any, adapter: Adapter,
+                layers: Iterable[int] | Mapping[int, Sequence[int] | None]) -> Iterator[None]:
     """Skip decoder layers (output := input) inside the block.
 
     `layers` is a collection of decoder-layer numbers (every batch row skips them) or a mapping
@@ -214,7 +216,7 @@ class SwapState:
 
 
 @contextlib.contextmanager
-def swap_visual_kv(model: Any, adapter: Any, source: VisualKV,
+def swap_visual_kv(model: Any, adapter: Adapter, source: VisualKV,
                    layers_per_row: Sequence[Iterable[int]]) -> Iterator[SwapState]:
     """Replace image-token K/V by the source's at prefill, per batch row and decoder layer.
 
@@ -277,7 +279,7 @@ def swap_visual_kv(model: Any, adapter: Any, source: VisualKV,
 
 
 @contextlib.contextmanager
-def capture_kv(model: Any, adapter: Any,
+def capture_kv(model: Any, adapter: Adapter,
                positions: torch.Tensor) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
     """Keep each decoder layer's post-RoPE keys/values at `positions` from the next full forward.
 
@@ -315,7 +317,7 @@ class AttentionRecord:
 
 
 @contextlib.contextmanager
-def record_attention(model: Any, adapter: Any, query_positions: torch.Tensor, key_groups: torch.Tensor,
+def record_attention(model: Any, adapter: Adapter, query_positions: torch.Tensor, key_groups: torch.Tensor,
                      layers: Iterable[int] | None = None) -> Iterator[AttentionRecord]:
     """Record the attention mass that chosen query rows put on chosen key groups, per layer and head.
 
@@ -368,7 +370,7 @@ def _rows_mass(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None
 
 
 @contextlib.contextmanager
-def capture_residual(model: Any, adapter: Any, position: int = -1) -> Iterator[list[torch.Tensor | None]]:
+def capture_residual(model: Any, adapter: Adapter, position: int = -1) -> Iterator[list[torch.Tensor | None]]:
     """Inside the block, slot i holds decoder layer i's output hidden state at ``position`` ([batch, hidden]).
 
     The hooks only read (they return nothing, so the forward is unchanged) and are removed on exit, also on

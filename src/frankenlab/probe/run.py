@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from frankenlab.arch.base import Adapter
 from frankenlab.io import write_table
 from frankenlab.manifest import build_manifest, mark_done, write_manifest
 
@@ -35,7 +36,7 @@ class ProbeModel:
 
     model: Any
     processor: Any
-    adapter: Any
+    adapter: Adapter
     fingerprint: str
     path: str
 
@@ -56,7 +57,7 @@ def open_model(path: str | os.PathLike[str], *, dtype: str | None = None, device
     return ProbeModel(model, processor, adapter, fingerprint, root)
 
 
-def describe_model(m: str | os.PathLike[str] | ProbeModel) -> tuple[Any, str, str]:
+def describe_model(m: str | os.PathLike[str] | ProbeModel) -> tuple[Adapter, str, str]:
     """(adapter, fingerprint, path) from config and headers only: validate and key a run before loading weights."""
     if isinstance(m, ProbeModel):
         return m.adapter, m.fingerprint, m.path

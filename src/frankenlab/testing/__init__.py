@@ -1,7 +1,9 @@
 """Offline test fixtures: a tiny deterministic tokenizer and tiny seeded models of every supported family.
 
 Everything here runs without network access and in well under a second per model, so every test in the
-project can build real Hugging Face checkpoints instead of mocking them.
+project can build real Hugging Face checkpoints instead of mocking them. The builders themselves live in
+:mod:`frankenlab.tiny` (the mini-world needs them); this package re-exports them next to the test-only
+helpers (saved checkpoints, random images, generation one-liners). Product code never imports it.
 """
 
 from __future__ import annotations
