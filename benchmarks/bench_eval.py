@@ -29,15 +29,13 @@ import torch
 from frankenlab.eval.settings import build_prompt, settings_for
 from frankenlab.miniworld.tasks import make_split
 from frankenlab.runtime.generate import HFBackend, without_checkpoint_generation_config
-from frankenlab.tasks.schema import TaskItem
 from frankenlab.testing.models import build_tiny_model, tiny_processor
 
 
 def _prompts(n: int) -> list:
     families = ["count", "read_digit", "count_arith", "digit_arith", "color", "text_arith"]
     out = []
-    for it in make_split(n, 0, families=families, split="test"):
-        item = TaskItem(it.id, it.question, it.answer, "numeric", it.image, None, it.description)
+    for item in make_split(n, 0, families=families, split="test"):
         for setting in settings_for(item, ("image", "black", "described")):
             out.append(build_prompt(item, setting, description=item.description))
             if len(out) == n:

@@ -70,3 +70,18 @@ def test_model_labels_and_backend_choice():
         label_models(["a/model", "b/model"])
     if not vllm_available():
         assert pick_backend("auto") == "hf"
+
+
+def test_eval_takes_a_generated_task_by_name(setup, capsys, tmp_path):
+    """``--tasks miniworld:count`` evaluates the generated items (in-memory images) like an exported file would."""
+    root, ckpt, _ = setup
+    out = tmp_path / "gen"
+    argv = ["eval", f"IN={ckpt}", "--tasks", "miniworld:count", "--limit", "3", "--out", str(out), "--settings",
+            "image", "--max-new-tokens", "2", "--backend", "hf", "--device", "cpu", "--n-boot", "100", "--no-plots",
+            "--quiet"]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    items = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines()]
+    generated = {it.id: it for it in make_split(100, 0, families=["count"], split="test")}
+    assert len(items) == 3 and {r["task"] for r in items} == {"miniworld_count"}
+    assert all(r["item_id"] in generated and r["answer"] == generated[r["item_id"]].answer for r in items)

@@ -16,13 +16,14 @@ from frankenlab.cli.app import main  # noqa: E402
 from frankenlab.compat import load_processor  # noqa: E402
 from frankenlab.errors import FrankenlabError  # noqa: E402
 from frankenlab.freeze import verify_frozen  # noqa: E402
-from frankenlab.miniworld import FAMILIES, load_probe_pairs, load_tasks  # noqa: E402
+from frankenlab.miniworld import FAMILIES, load_probe_pairs  # noqa: E402
 from frankenlab.miniworld.build import (  # noqa: E402
     RESULT_COLUMNS,
     BuildConfig,
     build_miniworld,
     perceived_value,
 )
+from frankenlab.tasks import load_jsonl  # noqa: E402
 
 MODELS = ("in", "rl", "rl-frozen-early", "rl-frozen-mid", "rl-frozen-late")
 
@@ -42,10 +43,10 @@ def test_layout(built):
                                                  "build.json"}
     assert not [p for p in built.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     cfg = BuildConfig.preset(fast=True)
-    tasks = load_tasks(built / "tasks" / "test.jsonl")
-    assert len(tasks) == cfg.n_eval and {t["family"] for t in tasks} == set(FAMILIES)
-    assert all(t["id"].startswith("test-") for t in tasks)
-    assert load_tasks(built / "tasks" / "rl-train.jsonl")
+    tasks = load_jsonl(built / "tasks" / "test.jsonl").items
+    assert len(tasks) == cfg.n_eval and {t.family for t in tasks} == set(FAMILIES)
+    assert all(t.id.startswith("test-") for t in tasks)
+    assert load_jsonl(built / "tasks" / "rl-train.jsonl").items
     pairs = load_probe_pairs(built / "probe-pairs" / "pairs.jsonl")
     assert len(pairs) == 4 * cfg.n_probe_pairs
 
@@ -125,7 +126,7 @@ def test_shortcut_answer_is_the_perceived_value():
     for it in make_split(40, 0, ["count_arith", "digit_arith"]):
         seen = int(perceived_value(it))
         if it.family == "digit_arith":
-            assert seen == it.scene.digits[0].value
+            assert seen == it.meta["scene"].digits[0].value
         assert 0 <= seen <= 9
     with pytest.raises(FrankenlabError):
         perceived_value(make_split(1, 0, ["count"])[0])

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from frankenlab.errors import TaskError
-from frankenlab.miniworld.evaluate import ALL, EvalItem, ItemResult, _score, accuracy_rows, gain_rows
+from frankenlab.miniworld.evaluate import ALL, ItemResult, _score, accuracy_rows, gain_rows
 from frankenlab.stats import wilson_interval
+from frankenlab.tasks import TaskItem, normalize_answer_type
 
 
-def _item(i: int, family: str, answer: str, answer_type: str = "int") -> EvalItem:
-    return EvalItem(f"x{i}", family, "q?", answer, answer_type, None)
+def _item(i: int, family: str, answer: str, answer_type: str = "int") -> TaskItem:
+    return TaskItem(id=f"x{i}", question="q?", answer=answer, answer_type=normalize_answer_type(answer_type, "test"),
+                    meta={"family": family})
 
 
 def test_strict_versus_lenient():

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from frankenlab.errors import TaskError
-from frankenlab.miniworld import ABILITY_OF, FAMILIES, export_tasks, load_tasks, make_item, make_split
+from frankenlab.miniworld import ABILITY_OF, FAMILIES, export_tasks, make_item, make_split
 from frankenlab.synth import Scene
+from frankenlab.tasks import load_jsonl, load_tasks
 
 COLOR_RE = "red|green|blue|yellow"
 NOUN_RE = "shapes?|circles?|squares?|triangles?|cross(?:es)?"
@@ -98,13 +99,14 @@ def test_families_and_abilities() -> None:
 
 def test_every_answer_rederived_from_the_scene(train_items, test_items) -> None:
     for it in [*train_items, *test_items]:
-        assert it.answer == expected_answer(it.family, it.question, it.scene), it
-        assert it.ability == ABILITY_OF[it.family]
-        assert it.answer_type == ("str" if it.family in ("color", "shape", "locate") else "int")
+        assert it.answer == expected_answer(it.family, it.question, it.meta["scene"]), it
+        assert it.meta["ability"] == ABILITY_OF[it.family]
+        assert it.answer_type == ("text" if it.family in ("color", "shape", "locate") else "numeric")
         assert (it.image is None) == (it.family == "text_arith")
         assert len(it.answer) <= 8
         described = re.findall(r"a (\w+) (\w+) at row (\d), column (\d)", it.description)
-        assert sorted(described) == sorted((o.color, o.kind, str(o.row + 1), str(o.col + 1)) for o in it.scene.objects)
+        objects = it.meta["scene"].objects
+        assert sorted(described) == sorted((o.color, o.kind, str(o.row + 1), str(o.col + 1)) for o in objects)
     assert {it.family for it in train_items} == set(FAMILIES)
     assert [it.family for it in train_items[:8]] == list(FAMILIES)
 
@@ -127,18 +129,21 @@ def test_pixels_agree_with_answers(train_items) -> None:
 
 def test_same_seed_identical_items_and_png_bytes_other_seed_differs() -> None:
     a, b = make_split(24, seed=7), make_split(24, seed=7)
-    assert [(x.id, x.question, x.answer, x.scene) for x in a] == [(x.id, x.question, x.answer, x.scene) for x in b]
+    def fields(items):
+        return [(x.id, x.question, x.answer, x.meta["scene"]) for x in items]
+
+    assert fields(a) == fields(b)
     assert [png(x.image) for x in a if x.image] == [png(x.image) for x in b if x.image]
     c = make_split(24, seed=8)
-    assert [(x.question, x.scene) for x in a] != [(x.question, x.scene) for x in c]
+    assert [(x.question, x.meta["scene"]) for x in a] != [(x.question, x.meta["scene"]) for x in c]
     one, two = make_item("locate", random.Random(3), 4), make_item("locate", random.Random(3), 4)
     assert one.id == "locate-00004"
-    assert (one.question, one.scene, png(one.image)) == (two.question, two.scene, png(two.image))
+    assert (one.question, one.meta["scene"], png(one.image)) == (two.question, two.meta["scene"], png(two.image))
 
 
 def test_train_and_test_are_disjoint_and_unique(train_items, test_items) -> None:
     def keys(items):
-        return [(it.question, it.scene.key() if it.image is not None else None) for it in items]
+        return [(it.question, it.meta["scene"].key() if it.image is not None else None) for it in items]
 
     tr, te = keys(train_items), keys(test_items)
     assert len(set(tr)) == len(tr) and len(set(te)) == len(te)
@@ -173,19 +178,18 @@ def test_export_then_load_round_trip(tmp_path: Path) -> None:
     raw = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["image"] for r in raw] == [None if it.image is None else f"images/{it.id}.png" for it in items]
     assert all(r["choices"] is None for r in raw)
-    rows = load_tasks(path)
-    assert len(rows) == len(items)
-    for row, it in zip(rows, items):
-        for key in ("id", "question", "answer", "answer_type", "family", "ability", "description"):
-            assert row[key] == getattr(it, key)
+    assert {r["answer_type"] for r in raw} == {"int", "str"}  # the file keeps the mini-world's vocabulary
+    loaded = load_jsonl(path).items
+    assert len(loaded) == len(items)
+    for got, it in zip(loaded, items):
+        for key in ("id", "question", "answer", "answer_type", "family", "description"):
+            assert getattr(got, key) == getattr(it, key)
+        assert got.meta["ability"] == it.meta["ability"] and got.task == "mini"
         if it.image is None:
-            assert row["image"] is None
+            assert got.image is None
         else:
-            from PIL import Image
-
-            assert Path(row["image"]).is_absolute()
-            with Image.open(row["image"]) as im:
-                assert (np.asarray(im.convert("RGB")) == np.asarray(it.image)).all()
+            assert Path(got.image).is_absolute()
+            assert (np.asarray(got.load_image()) == np.asarray(it.image)).all()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["images", "mini.jsonl"]
 
 
@@ -208,26 +212,42 @@ GOOD = {"id": "a", "question": "How many shapes are there?", "image": None, "ans
         ("[1, 2]", "expected a JSON object"),
         (json.dumps({**GOOD, "question": ""}), "'question' must be a non-empty string"),
         (json.dumps({k: v for k, v in GOOD.items() if k != "answer"}), "'answer' must be"),
-        (json.dumps({**GOOD, "answer_type": "float"}), "answer_type 'float' is not one of"),
+        (json.dumps({**GOOD, "answer_type": "weird"}), "answer_type 'weird' is unknown"),
         (json.dumps({**GOOD, "answer": "three"}), "is not an integer"),
-        (json.dumps({**GOOD, "answer_type": "choice"}), "needs a non-empty 'choices'"),
+        (json.dumps({**GOOD, "answer_type": "choice"}), "needs 'choices'"),
         (json.dumps({**GOOD, "choices": "abc"}), "'choices' must be null or a list"),
         (json.dumps({**GOOD, "image": "images/nope.png"}), "image 'images/nope.png' not found"),
-        (json.dumps({**GOOD, "id": "first"}), "id 'first' already used on line 1"),
+        (json.dumps({**GOOD, "id": "first"}), "id 'first' already used"),
     ],
 )
 def test_malformed_rows_name_the_line(tmp_path: Path, bad: str, fragment: str) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({**GOOD, "id": "first"}) + "\n\n" + bad + "\n")
     with pytest.raises(TaskError, match=rf"line 3: .*{re.escape(fragment)}"):
-        load_tasks(path)
+        load_jsonl(path)
 
 
 def test_load_missing_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(TaskError, match="does not exist"):
-        load_tasks(tmp_path / "absent.jsonl")
+        load_jsonl(tmp_path / "absent.jsonl")
     (tmp_path / "ok.jsonl").write_text(json.dumps({**GOOD, "answer": 3}) + "\n")
-    assert load_tasks(tmp_path / "ok.jsonl")[0]["answer"] == "3"
+    assert load_jsonl(tmp_path / "ok.jsonl").items[0].answer == "3"
+
+
+def test_generated_tasks_load_by_name() -> None:
+    """``miniworld:FAMILY`` through the one task loader: the same items as make_split's test split, with images."""
+    (task,) = load_tasks("miniworld:digit_arith", n_generated=6, seed=2)
+    direct = make_split(6, 2, ["digit_arith"], split="test")
+    assert task.name == "miniworld_digit_arith" and [it.id for it in task.items] == [it.id for it in direct]
+    assert [it.answer for it in task.items] == [it.answer for it in direct]
+    assert all(it.has_image and it.task == task.name for it in task.items)
+    (bare,) = load_tasks("miniworld", n_generated=3)
+    assert bare.name == "miniworld_text_arith" and not any(it.has_image for it in bare.items)
+    (every,) = load_tasks("mw=miniworld:all", n_generated=len(FAMILIES))
+    assert every.name == "mw" and {it.family for it in every.items} == set(FAMILIES)
+    assert load_tasks("miniworld:count", n_generated=4, seed=1)[0].version != task.version
+    with pytest.raises(TaskError, match="no variant 'draw'.*miniworld:count"):
+        load_tasks("miniworld:draw")
 
 
 def test_count_answers_are_balanced() -> None:

@@ -11,8 +11,9 @@ import torch
 
 from frankenlab.probe.ablate import AblationSettings, ablate_items, gold_logprobs, run_ablation
 from frankenlab.probe.hooks import skip_layers
-from frankenlab.probe.tasks import MathItem, load_math_tasks
+from frankenlab.probe.tasks import load_math_tasks
 from frankenlab.runtime.generate import GenerationSettings, HFBackend, Prompt, encode, to_model
+from frankenlab.tasks import TaskItem
 from frankenlab.testing import build_tiny_model, tiny_image, tiny_processor
 from tests.probe.conftest import logits, no_hooks
 
@@ -86,8 +87,9 @@ def test_gold_logprob_matches_a_plain_forward(qwen):
 
 
 def test_batched_items_equal_one_item_at_a_time(qwen):
-    items = [MathItem("a", "t", "What is 2 plus 2?", "4"), MathItem("b", "t", "What is 3 times 3?", "9"),
-             MathItem("c", "t", "What is 10 minus 7?", "3")]
+    items = [TaskItem(id="a", task="t", question="What is 2 plus 2?", answer="4"),
+             TaskItem(id="b", task="t", question="What is 3 times 3?", answer="9"),
+             TaskItem(id="c", task="t", question="What is 10 minus 7?", answer="3")]
     s = AblationSettings(max_new_tokens=5, batch_size=7)
     batched = ablate_items(qwen.model, qwen.processor, qwen.adapter, items, [-1, 0, 2], s)
     single = [ablate_items(qwen.model, qwen.processor, qwen.adapter, [it], [-1, 0, 2],

@@ -21,10 +21,10 @@ from frankenlab.probe.ablate import (
 from frankenlab.probe.attention import generate_ids
 from frankenlab.probe.kv_swap import VisionProbeSettings, swap_pair
 from frankenlab.probe.run import ProbeModel
-from frankenlab.probe.tasks import MathItem
 from frankenlab.probe.vision import vision_table
 from frankenlab.runtime.generate import GenerationSettings, HFBackend, Prompt, encode, to_model
 from frankenlab.stats import paired_bootstrap_diff, wilson_interval
+from frankenlab.tasks import TaskItem
 from frankenlab.testing import build_tiny_model, tiny_image
 from tests.probe.conftest import Tiny
 
@@ -60,7 +60,8 @@ def test_probe_answers_ignore_the_checkpoint_generation_config(qwen, polluted):
     want = swap_pair(qwen.model, qwen.processor, qwen.adapter, *images, PROMPT, "3", "5", settings)
     got = swap_pair(polluted.model, polluted.processor, polluted.adapter, *images, PROMPT, "3", "5", settings)
     assert got.answers == want.answers
-    items = [MathItem("a", "math", "What is 2 plus 2?", "4"), MathItem("b", "math", "What is 3 times 3?", "9")]
+    items = [TaskItem(id="a", task="math", question="What is 2 plus 2?", answer="4"),
+             TaskItem(id="b", task="math", question="What is 3 times 3?", answer="9")]
     s = AblationSettings(max_new_tokens=8, batch_size=4)
     clean = ablate_items(qwen.model, qwen.processor, qwen.adapter, items, [-1, 1], s)
     dirty = ablate_items(polluted.model, polluted.processor, polluted.adapter, items, [-1, 1], s)
@@ -153,7 +154,8 @@ def test_stuck_rows_stop_and_the_others_are_unchanged(qwen):
 
 def test_ablation_records_and_counts_degenerate_stops(qwen):
     seven = qwen.processor.tokenizer.convert_tokens_to_ids("7")
-    items = [MathItem("a", "t", "What is 2 plus 2?", "4"), MathItem("b", "t", "What is 3 times 3?", "9")]
+    items = [TaskItem(id="a", task="t", question="What is 2 plus 2?", answer="4"),
+             TaskItem(id="b", task="t", question="What is 3 times 3?", answer="9")]
     s = AblationSettings(max_new_tokens=24, batch_size=4)
     handle = _force_row(qwen.model, 1, seven, rows_in_batch=4)  # row 1 = item a with layer 1 skipped
     try:

@@ -22,9 +22,9 @@ from frankenlab.probe.lens import (
     lens_tables,
     run_lens,
 )
-from frankenlab.probe.tasks import MathItem
 from frankenlab.runtime.generate import Prompt
 from frankenlab.stats import sign_flip_test
+from frankenlab.tasks import TaskItem
 from frankenlab.testing import build_tiny_model, tiny_image, tiny_processor
 from tests.probe.conftest import Tiny, logits, no_hooks
 
@@ -71,8 +71,9 @@ def test_lens_is_norm_and_head_of_output_hidden_states(llava):
 
 
 def test_batched_prompts_equal_one_at_a_time(qwen):
-    items = [MathItem("a", "t", "What is 2 plus 2?", "4"), MathItem("b", "t", "Add 10 and 27 please.", "37"),
-             MathItem("c", "t", "7 times 6?", "42")]
+    items = [TaskItem(id="a", task="t", question="What is 2 plus 2?", answer="4"),
+             TaskItem(id="b", task="t", question="Add 10 and 27 please.", answer="37"),
+             TaskItem(id="c", task="t", question="7 times 6?", answer="42")]
     batched = lens_items(qwen.model, qwen.processor, qwen.adapter, items, LensSettings())
     for it, b in zip(items, batched):
         one = lens_items(qwen.model, qwen.processor, qwen.adapter, [it], LensSettings())[0]
@@ -113,7 +114,8 @@ def test_planted_emergence_layer_is_found():
     argmax = int(real[0].argmax())
     text = tok.decode([argmax])
     if gold_token_id(tok, text) == argmax:
-        got = lens_items(model, tok, tiny.adapter, [MathItem("x", "t", prompt.text, text)], settings)[0]
+        got = lens_items(model, tok, tiny.adapter, [TaskItem(id="x", task="t", question=prompt.text,
+                                                             answer=text)], settings)[0]
         assert got["gold_rank"][-1] == 0 and got["emergence_layer"] <= K - 1
 
     # plant: the MLP input of layer K−1 at the last position, then down_proj := c · v ⊗ sign(input)
@@ -134,7 +136,7 @@ def test_planted_emergence_layer_is_found():
     scale = 1e3 * float(before.norm()) / (float(u[g].norm()) * float(a.abs().sum()))
     with torch.no_grad():
         mlp.down_proj.weight.copy_(scale * torch.outer(u[g], torch.sign(a)))
-    item = MathItem("planted", "t", prompt.text, tok.decode([g]))
+    item = TaskItem(id="planted", task="t", question=prompt.text, answer=tok.decode([g]))
     got = lens_items(model, tok, tiny.adapter, [item], settings)[0]
     assert got["gold_token_id"] == g
     assert got["gold_rank"][K - 2] > 0 and all(r == 0 for r in got["gold_rank"][K - 1:])

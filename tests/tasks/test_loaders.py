@@ -33,11 +33,11 @@ def test_reads_miniworld_export_as_is(exported):
     assert [it.id for it in task.items] == [it.id for it in items]
     for src, it in zip(items, task.items):
         assert it.question == src.question and it.answer == src.answer and it.description == src.description
-        assert it.answer_type == {"int": "numeric", "str": "text"}[src.answer_type]
+        assert it.answer_type == src.answer_type and it.answer_type in ("numeric", "text")
         assert it.meta["family"] == src.family
         assert it.has_image == (src.image is not None)
         if it.has_image:
-            assert list(it.load_image().getdata()) == list(src.image.convert("RGB").getdata())
+            assert list(it.load_image().getdata()) == list(src.load_image().getdata())
 
 
 def test_jsonl_errors_name_the_line(tmp_path):
@@ -166,3 +166,42 @@ def test_offline_and_missing_datasets_errors(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails
     with pytest.raises(TaskError, match=r"needs the `datasets` package.*MATH-500"):
         load_tasks("math500")
+
+
+def test_math_dataset_spellings(tmp_path):
+    """``problem``/``solution``/``unique_id`` rows (MATH-style) and GSM8K's ``#### N`` load as items; a row
+    without any id is named by its 0-based position."""
+    rows = [
+        {"unique_id": "u1", "problem": "What is 1+1?", "solution": "So it is $\\boxed{2}$."},
+        {"question": "Tom has 3 apples...", "answer": "He has 3 + 1,000 = 1,003 apples.\n#### 1,003"},
+        {"prompt": "Say 7.", "final_answer": 7},
+    ]
+    task = load_jsonl(_write(tmp_path / "m.jsonl", rows))
+    assert [(it.id, it.question, it.answer) for it in task.items] == [
+        ("u1", "What is 1+1?", "2"), ("1", "Tom has 3 apples...", "1003"), ("2", "Say 7.", "7")]
+    with pytest.raises(TaskError, match=r"line 1: field 'answer'.*also looked for.*'solution'"):
+        load_jsonl(_write(tmp_path / "n.jsonl", [{"problem": "p", "solution": "no boxed answer here"}]))
+    with pytest.raises(TaskError, match=r"line 1: field 'question'.*also looked for 'problem'"):
+        load_jsonl(_write(tmp_path / "q.jsonl", [{"answer": "1"}]))
+
+
+def test_registered_generator_loads_by_prefix():
+    """A package registers a generated task; load_tasks makes it by name with the caller's count and seed."""
+    from frankenlab.tasks import GeneratedTaskSpec, Task, TaskItem, register_generator
+    from frankenlab.tasks.registry import generator_for
+
+    def make(variant, n, seed):
+        items = tuple(TaskItem(id=str(i), question=f"{variant or 'x'} {seed}+{i}?", answer=str(seed + i))
+                      for i in range(n))
+        return Task(f"toy_{variant or 'x'}", items, "generated:toy", f"seed={seed}")
+
+    register_generator(GeneratedTaskSpec("toygen", make, ("a", "b"), "a test generator"))
+    (a, bare) = load_tasks("toygen:a,toygen", n_generated=3, seed=5)
+    assert (a.name, bare.name) == ("toy_a", "toy_x")
+    assert [it.answer for it in a.items] == ["5", "6", "7"] and all(it.task == "toy_a" for it in a.items)
+    assert len(load_tasks("toygen:b")[0].items) == 100  # the default count
+    with pytest.raises(TaskError, match="no variant 'c'"):
+        load_tasks("toygen:c")
+    assert generator_for("no-such-prefix:x") is None and generator_for("a.jsonl") is None
+    with pytest.raises(TaskError, match="already a built-in"):
+        register_generator(GeneratedTaskSpec("gsm8k", make, (), "clash"))

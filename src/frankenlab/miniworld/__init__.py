@@ -13,9 +13,9 @@ from frankenlab.miniworld.tasks import (
     SPLITS,
     TaskItem,
     export_tasks,
-    load_tasks,
     make_item,
     make_split,
+    miniworld_task,
 )
 
 __all__ = [
@@ -27,9 +27,9 @@ __all__ = [
     "TaskItem",
     "export_tasks",
     "load_probe_pairs",
-    "load_tasks",
     "make_item",
     "make_split",
     "make_probe_pairs",
+    "miniworld_task",
     "write_probe_pairs",
 ]

@@ -33,8 +33,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from frankenlab.errors import FreezeError, TaskError
-from frankenlab.miniworld.evaluate import ItemResult, accuracy_rows, evaluate, gain_rows, items_from_tasks
-from frankenlab.miniworld.tasks import FAMILIES, TaskItem, export_tasks, make_split
+from frankenlab.miniworld.evaluate import ItemResult, accuracy_rows, evaluate, gain_rows
+from frankenlab.miniworld.tasks import FAMILIES, export_tasks, make_split
+from frankenlab.tasks.schema import TaskItem
 
 __all__ = [
     "ALWAYS_FROZEN",
@@ -415,7 +416,7 @@ def _evaluate_all(root: Path, names: list[str], items: list[TaskItem], progress:
     from frankenlab.miniworld.evaluate import write_responses
     from frankenlab.runtime.load import load
 
-    eval_items = items_from_tasks(items)
+    eval_items = list(items)
     results: dict[str, list[ItemResult]] = {}
     for name in names:
         model, processor = load(root / name)

@@ -10,46 +10,29 @@ bootstrap interval, so item difficulty cancels.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from frankenlab.errors import TaskError
 from frankenlab.grading import grade
 from frankenlab.stats import paired_bootstrap_diff, wilson_interval
+from frankenlab.tasks.schema import TaskItem
 
 __all__ = [
     "ALL",
-    "EvalItem",
     "ItemResult",
     "accuracy_rows",
     "evaluate",
     "gain_rows",
-    "items_from_rows",
-    "items_from_tasks",
 ]
 
 log = logging.getLogger(__name__)
 
 ALL = "all"  # the pseudo-family that pools every item
-_GRADE_TYPE = {"int": "numeric", "str": "text", "choice": "mcq"}
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    """What evaluation needs of a task item (a :class:`~frankenlab.miniworld.TaskItem` or a JSONL row)."""
-
-    id: str
-    family: str
-    question: str
-    answer: str
-    answer_type: str
-    image: Image.Image | None
-    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,32 +46,13 @@ class ItemResult:
     rule: str
 
 
-def items_from_tasks(items: Iterable[Any]) -> list[EvalItem]:
-    """From in-memory :class:`~frankenlab.miniworld.TaskItem` objects."""
-    return [EvalItem(it.id, it.family, it.question, it.answer, it.answer_type, it.image) for it in items]
-
-
-def items_from_rows(rows: Iterable[dict[str, Any]]) -> list[EvalItem]:
-    """From validated rows of :func:`~frankenlab.miniworld.load_tasks` (images read from their paths)."""
-    out = []
-    for row in rows:
-        image = None
-        if row.get("image"):
-            with Image.open(row["image"]) as im:
-                image = im.convert("RGB")
-        choices = tuple(row["choices"]) if row.get("choices") else None
-        out.append(EvalItem(row["id"], row.get("family") or "tasks", row["question"], str(row["answer"]),
-                            row["answer_type"], image, choices))
-    return out
-
-
-def _score(item: EvalItem, response: str) -> ItemResult:
+def _score(item: TaskItem, response: str) -> ItemResult:
     text = response.strip()
     verdict = grade(
         text,
         item.answer,
         list(item.choices) if item.choices else None,
-        answer_type=_GRADE_TYPE.get(item.answer_type),
+        answer_type=item.answer_type,
         use_math_verify=False,
     )
     return ItemResult(item.id, item.family, item.answer, text, text == item.answer.strip(), verdict.correct,
@@ -98,7 +62,7 @@ def _score(item: EvalItem, response: str) -> ItemResult:
 def evaluate(
     model: Any,
     processor: Any,
-    items: Sequence[EvalItem],
+    items: Sequence[TaskItem],
     *,
     batch_size: int = 64,
     max_new_tokens: int = 8,
@@ -110,7 +74,7 @@ def evaluate(
     if not items:
         raise TaskError("nothing to evaluate: the task list is empty.")
     backend = HFBackend(model, processor, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    responses = backend.generate([Prompt(it.question, it.image) for it in items], progress=progress)
+    responses = backend.generate([Prompt.of(it) for it in items], progress=progress)
     return [_score(it, r) for it, r in zip(items, responses, strict=True)]
 
 

@@ -3,7 +3,8 @@
 The two images of a pair share size and grid and differ only in the probed attribute (count,
 digit, position, colour or shape), so a swap that flips the answer to the source's answer shows
 that the layers swapped carry that attribute. Prompts reuse the mini-world question templates, so
-a model trained on the mini-world tasks understands them.
+a model trained on the mini-world tasks understands them. The file format and its reader live in
+:mod:`frankenlab.tasks.pairs` (the probes read it without knowing the mini-world).
 """
 
 from __future__ import annotations
@@ -13,24 +14,21 @@ import random
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from frankenlab.errors import TaskError
 from frankenlab.io import atomic_file, write_text
 from frankenlab.miniworld.tasks import (
     DIGIT_QUESTION,
     color_question,
     count_question,
-    iter_jsonl,
     locate_question,
     position_answer,
     shape_question,
 )
 from frankenlab.synth.scenes import COLORS, SHAPES, Digit, Obj, Scene, render
+from frankenlab.tasks.pairs import PROBE_TASKS, load_probe_pairs
 
 __all__ = ["PROBE_TASKS", "load_probe_pairs", "make_probe_pairs", "write_probe_pairs"]
 
-PROBE_TASKS: tuple[str, ...] = ("counting", "ocr", "grounding", "recognition")
 _ROWS = _COLS = 3
 _MAX_TRIES = 1000
 
@@ -130,44 +128,3 @@ def write_probe_pairs(out_dir: str | Path, n_per_task: int = 50, seed: int = 0) 
         record = {**row, "target_image": paths["target"], "source_image": paths["source"]}
         lines.append(json.dumps(record))
     return write_text(out / "pairs.jsonl", "".join(line + "\n" for line in lines))
-
-
-def load_probe_pairs(path: str | Path) -> list[dict[str, Any]]:
-    """Validated probe rows; image fields come back as absolute paths that exist and match in size."""
-    p = Path(path)
-    rows: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for lineno, row in iter_jsonl(p):
-        where = f"{p}, line {lineno}"
-        for key in ("id", "task", "prompt", "target_image", "source_image"):
-            if not isinstance(row.get(key), str) or not row[key]:
-                raise TaskError(f"{where}: field {key!r} must be a non-empty string, got {row.get(key)!r}.")
-        if row["task"] not in PROBE_TASKS:
-            raise TaskError(f"{where}: task {row['task']!r} is not one of {list(PROBE_TASKS)}.")
-        meta = row.get("meta")
-        answers = ("target_answer", "source_answer")
-        if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in answers):
-            raise TaskError(f"{where}: 'meta' must be an object with string 'target_answer' and 'source_answer'.")
-        if meta["target_answer"] == meta["source_answer"]:
-            raise TaskError(f"{where}: target and source answers are both {meta['target_answer']!r}; a probe pair "
-                            "must differ in the probed attribute.")
-        if row["id"] in seen:
-            raise TaskError(f"{where}: id {row['id']!r} already used on line {seen[row['id']]}.")
-        seen[row["id"]] = lineno
-        resolved = {}
-        sizes = {}
-        for role in ("target_image", "source_image"):
-            img = (p.parent / row[role]).resolve()
-            if not img.is_file():
-                raise TaskError(f"{where}: {role} {row[role]!r} not found at {img}; paths are relative to the file.")
-            try:
-                with Image.open(img) as im:
-                    sizes[role] = im.size
-            except OSError as exc:
-                raise TaskError(f"{where}: {role} {img} is not a readable image ({exc}).") from exc
-            resolved[role] = str(img)
-        if sizes["target_image"] != sizes["source_image"]:
-            raise TaskError(f"{where}: target image is {sizes['target_image']} but source is "
-                            f"{sizes['source_image']}; swapped visual tokens need images of the same size.")
-        rows.append({**row, **resolved})
-    return rows

@@ -15,18 +15,16 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
-
-from PIL import Image
 
 from frankenlab.errors import TaskError
 from frankenlab.io import atomic_file, write_text
-from frankenlab.io.jsonl import iter_jsonl as _iter_jsonl
 from frankenlab.synth.scenes import COLORS, SHAPES, Obj, Scene, describe, random_scene, render
+from frankenlab.tasks.registry import GeneratedTaskSpec
+from frankenlab.tasks.schema import Task, TaskItem, normalize_answer_type
 
 __all__ = [
     "ABILITY_OF",
@@ -35,15 +33,15 @@ __all__ = [
     "DIGIT_QUESTION",
     "FAMILIES",
     "SPLITS",
+    "TASK_SPEC",
     "TaskItem",
     "color_question",
     "count_question",
     "export_tasks",
-    "iter_jsonl",
-    "load_tasks",
     "locate_question",
     "make_item",
     "make_split",
+    "miniworld_task",
     "position_answer",
     "shape_question",
 ]
@@ -63,7 +61,8 @@ ABILITY_OF: Mapping[str, str] = MappingProxyType(
         "text_arith": "text_reasoning",
     }
 )
-ANSWER_TYPES: tuple[str, ...] = ("int", "str", "choice")
+ANSWER_TYPES: tuple[str, ...] = ("int", "str", "choice")  # as written in exported task files
+_FILE_TYPE = MappingProxyType({"numeric": "int", "text": "str", "mcq": "choice"})
 SPLITS: tuple[str, ...] = ("train", "test")
 #: Arithmetic steps applied to a seen count or digit; answers stay at most two digits (max 27).
 ARITH_OPS: tuple[tuple[str, int], ...] = tuple(("plus", k) for k in range(1, 10)) + (("times", 2), ("times", 3))
@@ -73,21 +72,6 @@ _TEST_BUCKETS = 5  # one hash bucket in five is the test split
 _MAX_TRIES = 2000  # draws per item before a family is declared exhausted
 _PLURAL = MappingProxyType({"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"})
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-@dataclass(frozen=True)
-class TaskItem:
-    """One question; ``scene`` is kept so any consumer can re-check the answer."""
-
-    id: str
-    family: str
-    ability: str
-    question: str
-    answer: str
-    answer_type: str
-    image: Image.Image | None
-    scene: Scene
-    description: str
 
 
 # --- question templates (shared with the probe pairs, so the trained model knows them) ---------
@@ -216,11 +200,13 @@ def _draft(family: str, rng: random.Random) -> _Draft:
 
 
 def _finish(draft: _Draft, item_id: str) -> TaskItem:
+    """The task item: ``meta`` holds ``family``, ``ability`` and the ``scene`` (so any consumer can re-check
+    the answer); ``answer_type`` is in the grading vocabulary (``numeric``/``text``)."""
     image = render(draft.scene) if draft.has_image else None
-    return TaskItem(
-        item_id, draft.family, ABILITY_OF[draft.family], draft.question, draft.answer, draft.answer_type,
-        image, draft.scene, describe(draft.scene),
-    )
+    meta = {"family": draft.family, "ability": ABILITY_OF[draft.family], "scene": draft.scene}
+    return TaskItem(id=item_id, question=draft.question, answer=draft.answer,
+                    answer_type=normalize_answer_type(draft.answer_type, item_id), image=image,
+                    description=describe(draft.scene), meta=MappingProxyType(meta))
 
 
 def _split_of(key: str) -> str:
@@ -297,59 +283,26 @@ def export_tasks(items: Sequence[TaskItem], out_dir: str | Path, name: str) -> P
         rows.append(
             {
                 "id": it.id, "question": it.question, "image": rel, "choices": None, "answer": it.answer,
-                "answer_type": it.answer_type, "family": it.family, "ability": it.ability,
-                "description": it.description,
+                "answer_type": _FILE_TYPE.get(it.answer_type or "", it.answer_type), "family": it.family,
+                "ability": it.meta.get("ability"), "description": it.description,
             }
         )
     return write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; TaskError naming the line otherwise."""
-    return _iter_jsonl(path, error=TaskError)
+def miniworld_task(variant: str | None, n: int, seed: int) -> Task:
+    """``n`` test-split items of one family (``variant``; the bare ``miniworld`` is ``text_arith``, ``all``
+    cycles through every family), generated from ``seed``: what ``--tasks miniworld[:FAMILY]`` loads."""
+    family = variant or "text_arith"
+    families = FAMILIES if family == "all" else (family,)
+    items = make_split(n, seed, families, split="test")
+    digest = hashlib.sha256(json.dumps([(it.id, it.question, it.answer) for it in items]).encode()).hexdigest()
+    return Task(name=f"miniworld_{family}", items=tuple(items), source=f"generated:miniworld:{family}:seed={seed}",
+                version=f"sha256:{digest[:16]}")
 
 
-def _check_task_row(row: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
-    for key in ("id", "question", "answer_type"):
-        if not isinstance(row.get(key), str) or not row[key]:
-            raise TaskError(f"{where}: field {key!r} must be a non-empty string, got {row.get(key)!r}.")
-    answer = row.get("answer")
-    if isinstance(answer, bool) or not isinstance(answer, (str, int)) or str(answer) == "":
-        raise TaskError(f"{where}: field 'answer' must be a non-empty string or an integer, got {answer!r}.")
-    kind = row["answer_type"]
-    if kind not in ANSWER_TYPES:
-        raise TaskError(f"{where}: answer_type {kind!r} is not one of {list(ANSWER_TYPES)}.")
-    if kind == "int" and not re.fullmatch(r"-?\d+", str(answer).strip()):
-        raise TaskError(f"{where}: answer {answer!r} is not an integer but answer_type is 'int'.")
-    choices = row.get("choices")
-    if choices is not None and (not isinstance(choices, list) or not all(isinstance(c, str) for c in choices)):
-        raise TaskError(f"{where}: 'choices' must be null or a list of strings, got {choices!r}.")
-    if kind == "choice" and not choices:
-        raise TaskError(f"{where}: answer_type 'choice' needs a non-empty 'choices' list.")
-    for key in ("family", "ability", "description"):
-        if row.get(key) is not None and not isinstance(row[key], str):
-            raise TaskError(f"{where}: field {key!r} must be a string or null, got {row[key]!r}.")
-    image = row.get("image")
-    if image is not None:
-        if not isinstance(image, str) or not image:
-            raise TaskError(f"{where}: 'image' must be null or a path relative to the task file, got {image!r}.")
-        img_path = (base / image).resolve()
-        if not img_path.is_file():
-            raise TaskError(f"{where}: image {image!r} not found at {img_path}; image paths are relative to the file.")
-        image = str(img_path)
-    return {**row, "answer": str(answer), "image": image, "choices": choices}
-
-
-def load_tasks(path: str | Path) -> list[dict[str, Any]]:
-    """Validated task rows; ``image`` comes back as an absolute path (or None), ``answer`` as text."""
-    p = Path(path)
-    rows: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for lineno, row in iter_jsonl(p):
-        where = f"{p}, line {lineno}"
-        checked = _check_task_row(row, p.parent, where)
-        if checked["id"] in seen:
-            raise TaskError(f"{where}: id {checked['id']!r} already used on line {seen[checked['id']]}.")
-        seen[checked["id"]] = lineno
-        rows.append(checked)
-    return rows
+#: Registered under the ``frankenlab.tasks`` entry point (pyproject.toml): ``miniworld``, ``miniworld:FAMILY``.
+TASK_SPEC = GeneratedTaskSpec(
+    prefix="miniworld", make=miniworld_task, variants=(*FAMILIES, "all"),
+    summary="the mini-world's question families, test split, generated from the seed",
+)

@@ -36,7 +36,7 @@ from frankenlab.probe.kv_swap import (
 )
 from frankenlab.probe.lens import LensResult, LensSettings, emergence_layer, lens_logprobs, lens_tables, run_lens
 from frankenlab.probe.run import ProbeModel, open_model
-from frankenlab.probe.tasks import MathItem, load_math_tasks
+from frankenlab.probe.tasks import item_kind, load_math_tasks
 from frankenlab.probe.vision import VisionResult, run_vision_probe
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
     "AttentionProbeSettings",
     "AttentionRecord",
     "AttentionResult",
-    "MathItem",
+    "item_kind",
     "ProbeModel",
     "SwapResult",
     "SwapState",

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -46,7 +45,7 @@ from frankenlab.probe.run import (
     repeat_rows,
 )
 from frankenlab.probe.store import ItemStore
-from frankenlab.probe.tasks import MathItem, load_math_tasks
+from frankenlab.probe.tasks import item_kind, load_math_tasks
 from frankenlab.runtime.generate import (
     GenerationSettings,
     HFBackend,
@@ -58,7 +57,7 @@ from frankenlab.runtime.generate import (
     without_checkpoint_generation_config,
 )
 from frankenlab.stats import bootstrap_mean_ci, mcnemar_exact, paired_bootstrap_diff, two_by_two, wilson_interval
-from frankenlab.tasks.schema import kind_of
+from frankenlab.tasks import TaskItem
 
 __all__ = ["ABLATION_COLUMNS", "AblationResult", "AblationSettings", "DegenerateRepetition", "ablate_items",
            "ablation_table", "gold_logprobs", "run_ablation"]
@@ -136,11 +135,6 @@ class DegenerateRepetition(StoppingCriteria):
         return self.fired.clone()
 
 
-def _prompt(item: MathItem) -> Prompt:
-    if item.image is None:
-        return Prompt(item.question)
-    with Image.open(item.image) as im:
-        return Prompt(item.question, im.convert("RGB"))
 
 
 def gold_logprobs(model: Any, processor: Any, adapter: Any, prompt: Prompt, gold: str, variants: Sequence[int],
@@ -164,10 +158,6 @@ def gold_logprobs(model: Any, processor: Any, adapter: Any, prompt: Prompt, gold
     return out
 
 
-def item_kind(item: MathItem) -> str:
-    """perception / reasoning from the item's task name (math files, gsm8k, text arithmetic: reasoning)."""
-    return kind_of(task=item.task)
-
 
 def _generate_rows(model: Any, processor: Any, prompts: Sequence[Prompt], kwargs: dict[str, Any],
                    settings: AblationSettings) -> tuple[list[str], list[bool]]:
@@ -187,13 +177,13 @@ def _generate_rows(model: Any, processor: Any, prompts: Sequence[Prompt], kwargs
     return texts, [bool(f) for f in fired]
 
 
-def ablate_items(model: Any, processor: Any, adapter: Any, items: Sequence[MathItem], variants: Sequence[int],
+def ablate_items(model: Any, processor: Any, adapter: Any, items: Sequence[TaskItem], variants: Sequence[int],
                  settings: AblationSettings) -> list[dict[str, Any]]:
     """Per item: responses, correctness, degenerate stops and gold log-prob for every variant (keys str(variant)).
 
     Rows (item × variant) are batched within one item kind, so each batch has one answer length.
     """
-    prompts = [_prompt(it) for it in items]
+    prompts = [Prompt.of(it) for it in items]
     kinds = [item_kind(it) for it in items]
     results: list[dict[str, Any]] = [
         {"kind": k, "max_new_tokens": resolve_max_new_tokens(settings.max_new_tokens, k), "responses": {},

@@ -25,7 +25,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from frankenlab.errors import FrankenlabError, ProbeError
@@ -43,7 +42,7 @@ from frankenlab.probe.run import (
     probe_decoding,
 )
 from frankenlab.probe.store import ItemStore
-from frankenlab.probe.tasks import MathItem, load_math_tasks
+from frankenlab.probe.tasks import item_kind, load_math_tasks
 from frankenlab.runtime.generate import (
     GenerationSettings,
     HFBackend,
@@ -55,7 +54,7 @@ from frankenlab.runtime.generate import (
     without_checkpoint_generation_config,
 )
 from frankenlab.stats import bootstrap_mean_ci, paired_bootstrap_diff
-from frankenlab.tasks.schema import kind_of
+from frankenlab.tasks import TaskItem
 
 __all__ = ["AttentionProbeSettings", "AttentionResult", "attention_tables", "generate_ids", "run_attention_probe",
            "vision_shares"]
@@ -96,11 +95,6 @@ class AttentionResult:
     out_dir: Path
 
 
-def _prompt(item: MathItem) -> Prompt:
-    if item.image is None:
-        raise ProbeError(f"item {item.key} has no image; the attention probe measures attention on image tokens.")
-    with Image.open(item.image) as im:
-        return Prompt(item.question, im.convert("RGB"))
 
 
 def vision_shares(model: Any, processor: Any, adapter: Any, prompt: Prompt, response_ids: Sequence[int],
@@ -199,16 +193,16 @@ def attention_tables(records: list[dict[str, Any]], adapter: Any,
 
 
 def load_attention_items(pairs: str | os.PathLike[str] | None, tasks: Sequence[str] | None,
-                         limit: int | None, seed: int) -> tuple[list[MathItem], dict[str, str]]:
+                         limit: int | None, seed: int) -> tuple[list[TaskItem], dict[str, str]]:
     """Pairs → (target image, prompt, target answer); tasks → their rows (each needs an image)."""
     if (pairs is None) == (not tasks):
         raise ProbeError("give exactly one of --pairs or --tasks.")
     if pairs is not None:
-        from frankenlab.miniworld.probe_pairs import load_probe_pairs
+        from frankenlab.tasks.pairs import load_probe_pairs
 
         rows = load_probe_pairs(pairs)
-        items = [MathItem(r["id"], r["task"], r["prompt"], r["meta"]["target_answer"], r["target_image"])
-                 for r in rows]
+        items = [TaskItem(id=r["id"], question=r["prompt"], answer=r["meta"]["target_answer"],
+                          image=r["target_image"], task=r["task"]) for r in rows]
         return first_per_task(items, limit, lambda it: it.task), {"pairs": file_digest(pairs)}
     return load_math_tasks(list(tasks or ()), limit=limit, seed=seed)
 
@@ -223,12 +217,8 @@ def _describe(m: str | os.PathLike[str] | ProbeModel) -> tuple[Any, str, str, di
     return adapter, fingerprint, path, tokenizer_of(load_processor(path)).get_vocab()
 
 
-def item_kind(item: MathItem) -> str:
-    """perception / reasoning from the item's task name (probe pair tasks are perception)."""
-    return kind_of(task=item.task)
 
-
-def _measure_chunk(pm: ProbeModel, label: str, chunk: Sequence[MathItem], store: ItemStore,
+def _measure_chunk(pm: ProbeModel, label: str, chunk: Sequence[TaskItem], store: ItemStore,
                    settings: AttentionProbeSettings) -> list[dict[str, Any]]:
     """Records for one batch of items on one model: own responses generated together, then one forward each."""
     tok = tokenizer_of(pm.processor)
@@ -237,7 +227,10 @@ def _measure_chunk(pm: ProbeModel, label: str, chunk: Sequence[MathItem], store:
     for i, it in enumerate(chunk):
         records.append({"key": f"{label}/{it.key}", "model": label, "id": it.key, "task": it.task})
         try:
-            prompts[i] = _prompt(it)
+            if not it.has_image:
+                raise ProbeError(f"item {it.key} has no image; the attention probe measures attention on image "
+                                 "tokens.")
+            prompts[i] = Prompt.of(it)
         except (FrankenlabError, OSError) as exc:
             records[i].update(status="failed", error=f"{type(exc).__name__}: {exc}")
     own: dict[int, list[int]] = {}

@@ -36,7 +36,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from frankenlab.errors import FrankenlabError, ProbeError
@@ -51,9 +50,10 @@ from frankenlab.probe.run import (
     probe_decoding,
 )
 from frankenlab.probe.store import ItemStore
-from frankenlab.probe.tasks import MathItem, load_math_tasks
+from frankenlab.probe.tasks import load_math_tasks
 from frankenlab.runtime.generate import Prompt, encode, resolve_max_new_tokens, to_model, tokenizer_of
 from frankenlab.stats import bootstrap_statistic_ci
+from frankenlab.tasks import TaskItem
 from frankenlab.tasks.schema import kind_of
 
 __all__ = ["CLASSES", "CLASS_COLUMNS", "ITEM_COLUMNS", "KLResult", "KLSettings", "TOKEN_COLUMNS", "TOP_COLUMNS",
@@ -104,11 +104,6 @@ class KLResult:
     out_dir: Path
 
 
-def _prompt(item: MathItem) -> Prompt:
-    if item.image is None:
-        return Prompt(item.question)
-    with Image.open(item.image) as im:
-        return Prompt(item.question, im.convert("RGB"))
 
 
 def _image_id(model: Any) -> int | None:
@@ -236,7 +231,7 @@ def _texts(tok: Any, ids: Sequence[int], cache: dict[int, str]) -> list[str]:
     return [cache[t] for t in ids]
 
 
-def _responses(pm: ProbeModel, chunk: Sequence[MathItem], prompts: dict[int, Prompt],
+def _responses(pm: ProbeModel, chunk: Sequence[TaskItem], prompts: dict[int, Prompt],
                settings: KLSettings) -> tuple[dict[int, list[int]], dict[int, str]]:
     """Generated response ids per chunk index (one answer length per generate batch) and per-item errors."""
     from frankenlab.probe.attention import generate_ids
@@ -260,7 +255,7 @@ def _responses(pm: ProbeModel, chunk: Sequence[MathItem], prompts: dict[int, Pro
     return got, errors
 
 
-def _measure(rl: ProbeModel, in_: ProbeModel, chunk: Sequence[MathItem], responses: dict[int, list[int]],
+def _measure(rl: ProbeModel, in_: ProbeModel, chunk: Sequence[TaskItem], responses: dict[int, list[int]],
              prompts: dict[int, Prompt], settings: KLSettings) -> dict[int, dict[str, Any]]:
     """Teacher-forced KL records for the chunk items that have a response (one forward per model)."""
     tok = tokenizer_of(rl.processor)
@@ -290,7 +285,7 @@ def _measure(rl: ProbeModel, in_: ProbeModel, chunk: Sequence[MathItem], respons
     return records
 
 
-def kl_records(rl: ProbeModel, in_: ProbeModel, items: Sequence[MathItem],
+def kl_records(rl: ProbeModel, in_: ProbeModel, items: Sequence[TaskItem],
                settings: KLSettings) -> list[dict[str, Any]]:
     """One record per item (status ok or failed with the error): the shared response and per-position KL."""
     tok = tokenizer_of(rl.processor)
@@ -299,7 +294,7 @@ def kl_records(rl: ProbeModel, in_: ProbeModel, items: Sequence[MathItem],
     prompts: dict[int, Prompt] = {}
     for i, it in enumerate(items):
         try:
-            prompts[i] = _prompt(it)
+            prompts[i] = Prompt.of(it)
         except (FrankenlabError, OSError) as exc:
             records[i].update(status="failed", error=f"{type(exc).__name__}: {exc}")
     errors: dict[int, str] = {}

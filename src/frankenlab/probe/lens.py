@@ -31,16 +31,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from frankenlab.errors import FrankenlabError, ProbeError
 from frankenlab.probe.hooks import capture_residual
 from frankenlab.probe.run import ProbeModel, ProgressFn, describe_model, finish, open_model
 from frankenlab.probe.store import ItemStore
-from frankenlab.probe.tasks import MathItem, load_math_tasks
+from frankenlab.probe.tasks import load_math_tasks
 from frankenlab.runtime.generate import Prompt, encode, to_model, tokenizer_of
 from frankenlab.stats import bootstrap_mean_ci, paired_bootstrap_diff, sign_flip_test, wilson_interval
+from frankenlab.tasks import TaskItem
 
 __all__ = ["LensResult", "LensSettings", "capture_residual", "emergence_layer", "final_norm", "gold_token_id",
            "lens_items", "lens_logprobs", "lens_plots", "lens_tables", "run_lens", "summary_lines"]
@@ -144,19 +144,14 @@ def emergence_layer(top1: Sequence[bool]) -> int | None:
     return layer
 
 
-def _prompt(item: MathItem) -> Prompt:
-    if item.image is None:
-        return Prompt(item.question)
-    with Image.open(item.image) as im:
-        return Prompt(item.question, im.convert("RGB"))
 
 
-def lens_items(model: Any, processor: Any, adapter: Any, items: Sequence[MathItem],
+def lens_items(model: Any, processor: Any, adapter: Any, items: Sequence[TaskItem],
                settings: LensSettings) -> list[dict[str, Any]]:
     """Per item: the gold token and, per layer, its log-prob and rank; its emergence layer (one batched forward)."""
     tok = tokenizer_of(processor)
     gold = [gold_token_id(processor, it.answer, settings.answer_template) for it in items]
-    lens, real = lens_logprobs(model, processor, adapter, [_prompt(it) for it in items], settings.system_prompt)
+    lens, real = lens_logprobs(model, processor, adapter, [Prompt.of(it) for it in items], settings.system_prompt)
     index = torch.tensor(gold, device=lens.device)
     lp = lens.gather(-1, index[:, None, None].expand(-1, lens.shape[1], 1))  # [batch, layers, 1]
     ranks = (lens > lp).sum(-1)  # tokens strictly more probable than the gold one
@@ -292,7 +287,7 @@ def _models(model: Any, in_model: Any, rl_model: Any) -> dict[str, Any]:
     return {"in": in_model, "rl": rl_model}
 
 
-def _measure(pm: ProbeModel, label: str, chunk: Sequence[MathItem], settings: LensSettings) -> list[dict[str, Any]]:
+def _measure(pm: ProbeModel, label: str, chunk: Sequence[TaskItem], settings: LensSettings) -> list[dict[str, Any]]:
     """Records of one batch; a failing batch is retried item by item to find the culprit."""
     try:
         results: list[Any] = lens_items(pm.model, pm.processor, pm.adapter, chunk, settings)

@@ -122,8 +122,8 @@ def run_vision_probe(model: str | os.PathLike[str] | ProbeModel, pairs: str | os
                      overwrite: bool = False, plots: bool = True, progress: ProgressFn | None = None) -> VisionResult:
     """Run the swap probe on every pair (resuming finished ones) and write DIR's tables and plots."""
     from frankenlab.manifest import settings_key
-    from frankenlab.miniworld.probe_pairs import load_probe_pairs
     from frankenlab.probe.plots import vision_plots
+    from frankenlab.tasks.pairs import load_probe_pairs
 
     settings = settings or VisionProbeSettings()
     rows = first_per_task(load_probe_pairs(pairs), limit, lambda r: r["task"])

@@ -14,14 +14,17 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from frankenlab.errors import FrankenlabError, FreezeError
 from frankenlab.rl.rewards import MODES, ExactMatchReward
 
-__all__ = ["GRPORun", "GRPOSettings", "RLItem", "deterministic", "quiet_transformers", "rl_dataset",
+if TYPE_CHECKING:
+    from frankenlab.tasks import Task, TaskItem
+
+__all__ = ["GRPORun", "GRPOSettings", "deterministic", "quiet_transformers", "rl_dataset",
            "rl_items_from_tasks", "run_rl", "train_grpo"]
 
 log = logging.getLogger(__name__)
@@ -59,28 +62,10 @@ class GRPOSettings:
             raise FrankenlabError(f"learning rate {self.lr} is outside (0, 1e-2); tiny models collapse above ~3e-4.")
 
 
-@dataclass(frozen=True)
-class RLItem:
-    """One RL prompt with its verifiable answer (what :func:`rl_dataset` reads from any item type)."""
-
-    question: str
-    answer: str
-    answer_type: str | None
-    family: str
-    image: Any = None  # PIL image or None
-    choices: tuple[str, ...] | None = None
-
-
-def rl_items_from_tasks(tasks: Sequence[Any]) -> list[RLItem]:
-    """:class:`frankenlab.tasks.Task` objects (JSONL, Parquet, hub) → RL items; family = the row's
-    ``family`` field, else the task name. Images are read now, so a missing file fails before training."""
-    items = []
-    for task in tasks:
-        for it in task.items:
-            family = it.meta.get("family") if isinstance(it.meta.get("family"), str) else task.name
-            items.append(RLItem(it.question, it.answer, it.answer_type, family,
-                                it.load_image() if it.has_image else None, it.choices))
-    return items
+def rl_items_from_tasks(tasks: Sequence[Task]) -> list[TaskItem]:
+    """Every item of the tasks (JSONL, Parquet, hub, generated), images read now so that a missing file fails
+    before training; each item's ``family`` (its row's field, else its task's name) groups the rewards."""
+    return [replace(it, image=it.load_image()) if it.has_image else it for task in tasks for it in task.items]
 
 
 @dataclass
@@ -149,11 +134,10 @@ def _left_padded(processor: Any) -> contextlib.AbstractContextManager[None]:
     return left_padding(processor)
 
 
-def rl_dataset(items: Sequence[Any], block: int = 1, seed: int = 0) -> Any:
+def rl_dataset(items: Sequence[TaskItem], block: int = 1, seed: int = 0) -> Any:
     """A ``datasets.Dataset`` in TRL's conversational VLM shape: ``prompt`` messages plus an ``images`` list.
 
-    ``items`` need ``question``, ``answer``, ``answer_type``, ``family`` and ``image`` (PIL or None)
-    attributes (and optionally ``choices``), as :class:`RLItem` and the mini-world's task items have.
+    ``items`` are :class:`~frankenlab.tasks.TaskItem` objects (images in memory or as paths).
 
     TRL 1.16 crashes on a generation batch that mixes image and text-only prompts (it hands ``None``
     images to the processor). So rows are laid out in homogeneous blocks of ``block`` prompts (one
@@ -194,7 +178,7 @@ def rl_dataset(items: Sequence[Any], block: int = 1, seed: int = 0) -> Any:
     data = {
         "prompt": [[{"role": "user", "content": it.question}] for it in ordered],
         # an empty list (not None) for text-only rows: TRL then treats the whole block as text-only
-        "images": [[it.image] if it.image is not None else [] for it in ordered],
+        "images": [[it.load_image()] if it.has_image else [] for it in ordered],
         "answer": [str(it.answer) for it in ordered],
         "answer_type": [it.answer_type for it in ordered],
         "family": [it.family for it in ordered],
@@ -212,7 +196,7 @@ def _vision_token_ids(processor: Any, model: Any) -> list[int]:
 def train_grpo(
     model: Any,
     processor: Any,
-    items: Sequence[Any],
+    items: Sequence[TaskItem],
     settings: GRPOSettings | None = None,
     *,
     freeze: str | None = None,
@@ -362,7 +346,7 @@ def _multi_process_state() -> Any:
 
 
 def _save_and_verify(model: Any, processor: Any, run: GRPORun, target: Path, model_dir: str | os.PathLike[str],
-                     tasks: Sequence[str | os.PathLike[str]], items: Sequence[Any], freeze: str | None,
+                     tasks: Sequence[str | os.PathLike[str]], items: Sequence[TaskItem], freeze: str | None,
                      cuts: str | None, overwrite: bool) -> None:
     from frankenlab.freeze import verify_frozen
     from frankenlab.io import atomic_dir, write_json

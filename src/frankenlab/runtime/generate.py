@@ -28,6 +28,8 @@ from frankenlab.errors import FrankenlabError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from frankenlab.tasks.schema import TaskItem
+
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>",
                  "<image>", "<video>")
 _CONFIG_TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
@@ -58,6 +60,11 @@ class Prompt:
 
     text: str
     image: Image.Image | None = None
+
+    @classmethod
+    def of(cls, item: TaskItem) -> Prompt:
+        """A task item's question with its image read (TaskError naming the item when it cannot be)."""
+        return cls(item.question, item.load_image() if item.has_image else None)
 
 
 @dataclass(frozen=True)

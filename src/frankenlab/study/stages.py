@@ -273,11 +273,10 @@ def _freeze_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> 
 def _evaluate_by_kind(evaluate: Any, model: Any, processor: Any, items: list[Any], explicit: int | None) -> list[Any]:
     """Mini-world evaluation with one answer length per item kind (``explicit`` for all when given), in item order."""
     from frankenlab.runtime.generate import resolve_max_new_tokens
-    from frankenlab.tasks.schema import kind_of
 
     if explicit is not None:
         return evaluate(model, processor, items, max_new_tokens=explicit)
-    kinds = [kind_of(meta={"family": it.family}, choices=it.choices) for it in items]
+    kinds = [it.kind(it.task) for it in items]
     results: list[Any] = [None] * len(items)
     for kind in sorted(set(kinds)):
         where = [i for i, k in enumerate(kinds) if k == kind]
@@ -291,17 +290,17 @@ def _train_frozen(cfg: StudyConfig, recipe: RecipeInputs, out: Path) -> None:
     """RL from IN unfrozen and with each region frozen, then paired gains over IN on held-out items."""
     from frankenlab.miniworld.build import NECESSITY_COLUMNS as BUILD_COLUMNS
     from frankenlab.miniworld.build import necessity_rows
-    from frankenlab.miniworld.evaluate import evaluate, items_from_rows, write_responses
-    from frankenlab.miniworld.tasks import load_tasks as load_rows
+    from frankenlab.miniworld.evaluate import evaluate, write_responses
     from frankenlab.rl.grpo import GRPOSettings, run_rl
     from frankenlab.runtime.load import load
+    from frankenlab.tasks import load_tasks
 
     t = cfg.freeze.train
     assert t is not None
     eval_specs = t.eval_tasks or cfg.eval.tasks
     if not eval_specs:
         raise FrankenlabError("freeze.train needs held-out items: set freeze.train.eval_tasks or eval.tasks.")
-    items = items_from_rows([r for spec in eval_specs for r in load_rows(spec)][: t.eval_limit])
+    items = [it for task in load_tasks(list(eval_specs)) for it in task.items][: t.eval_limit]
     settings = GRPOSettings(steps=t.steps, lr=t.lr, prompts_per_step=t.prompts_per_step,
                             num_generations=t.num_generations, seed=t.seed)
     runs = {"rl": t.always_frozen}

@@ -10,17 +10,17 @@ an offline machine or a missing dataset gives a TaskError saying what to downloa
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from frankenlab.errors import TaskError
-from frankenlab.tasks.registry import HFTaskSpec, expand, get_spec
+from frankenlab.io.jsonl import iter_jsonl
+from frankenlab.tasks.registry import DEFAULT_GENERATED_ITEMS, HFTaskSpec, expand, generator_for, get_spec
 from frankenlab.tasks.schema import Task, TaskItem, item_from_row
 
-__all__ = ["load_hf", "load_jsonl", "load_parquet", "load_task", "load_tasks", "parse_task_specs"]
+__all__ = ["load_generated", "load_hf", "load_jsonl", "load_parquet", "load_task", "load_tasks", "parse_task_specs"]
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -37,8 +37,8 @@ def _build(name: str, source: str, version: str, rows: Iterable[tuple[str, dict[
            base: Path | None) -> Task:
     items: list[TaskItem] = []
     first_seen: dict[str, str] = {}
-    for where, row in rows:
-        item = item_from_row(row, base=base, where=where)
+    for index, (where, row) in enumerate(rows):
+        item = item_from_row(row, base=base, where=where, index=index)
         if item.id in first_seen:
             raise TaskError(f"{where}: id {item.id!r} already used ({first_seen[item.id]}); ids must be unique.")
         first_seen[item.id] = where
@@ -55,16 +55,8 @@ def load_jsonl(path: str | os.PathLike[str], name: str | None = None) -> Task:
         raise TaskError(f"task file {p} does not exist; pass a .jsonl/.parquet path or a built-in task name.")
 
     def rows() -> Iterable[tuple[str, dict[str, Any]]]:
-        with p.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{p}, line {lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TaskError(f"{where}: not valid JSON ({exc.msg}); write one object a line.") from exc
-                yield where, row
+        for lineno, row in iter_jsonl(p, error=TaskError, what="a task file"):
+            yield f"{p}, line {lineno}", row
 
     return _build(name or p.stem, str(p.resolve()), _file_version(p), rows(), p.resolve().parent)
 
@@ -156,9 +148,27 @@ def _is_file_spec(spec: str) -> bool:
     return spec.endswith((".jsonl", ".json", ".parquet")) or Path(spec).exists()
 
 
-def load_task(spec: str | os.PathLike[str], *, name: str | None = None) -> Task:
-    """One task from a path or a built-in (non-group) name."""
+def load_generated(spec: str, *, n: int | None = None, seed: int = 0, name: str | None = None) -> Task | None:
+    """A generated task (``miniworld``, ``miniworld:FAMILY``, or a plugin's prefix) of ``n`` items, or None
+    when ``spec`` names no generator."""
+    found = generator_for(spec)
+    if found is None:
+        return None
+    gen, variant = found
+    count = DEFAULT_GENERATED_ITEMS if n is None else n
+    if count < 1:
+        raise TaskError(f"{spec}: a generated task needs at least 1 item, got {count}.")
+    task = gen.make(variant, count, seed)
+    return task if name is None else Task(name, task.items, task.source, task.version)
+
+
+def load_task(spec: str | os.PathLike[str], *, name: str | None = None, n_generated: int | None = None,
+              seed: int = 0) -> Task:
+    """One task from a path, a generator spec or a built-in (non-group) name."""
     text = str(spec)
+    generated = None if _is_file_spec(text) else load_generated(text, n=n_generated, seed=seed, name=name)
+    if generated is not None:
+        return generated
     if _is_file_spec(text):
         return load_parquet(text, name) if text.endswith(".parquet") else load_jsonl(text, name)
     (task,) = load_hf([get_spec(text).name])
@@ -166,13 +176,22 @@ def load_task(spec: str | os.PathLike[str], *, name: str | None = None) -> Task:
 
 
 def load_tasks(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
-               load_dataset: Callable[..., Any] | None = None) -> list[Task]:
-    """Every task of a comma-separated spec list, groups expanded; TaskError on duplicate task names."""
+               load_dataset: Callable[..., Any] | None = None, n_generated: int | None = None,
+               seed: int = 0) -> list[Task]:
+    """Every task of a comma-separated spec list, groups expanded; TaskError on duplicate task names.
+
+    Generated tasks (``miniworld:digit_arith``) make ``n_generated`` items (default
+    :data:`~frankenlab.tasks.registry.DEFAULT_GENERATED_ITEMS`) from ``seed``.
+    """
     tasks: list[Task] = []
     hf_names: list[tuple[str | None, str]] = []
     order: list[tuple[str, int]] = []  # ("file", index into tasks) or ("hf", index into hf_names)
     for name, spec in parse_task_specs(specs):
-        if _is_file_spec(spec):
+        generated = None if _is_file_spec(spec) else load_generated(spec, n=n_generated, seed=seed, name=name)
+        if generated is not None:
+            tasks.append(generated)
+            order.append(("file", len(tasks) - 1))
+        elif _is_file_spec(spec):
             tasks.append(load_task(spec, name=name))
             order.append(("file", len(tasks) - 1))
         else:

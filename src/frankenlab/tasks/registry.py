@@ -10,14 +10,20 @@ The registry is filled here, once, and is read-only afterwards. Groups expand to
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from frankenlab.errors import TaskError
+from frankenlab.tasks.schema import gsm8k_gold
 
-__all__ = ["GROUPS", "TASKS", "HFTaskSpec", "expand", "get_spec", "known_names"]
+if TYPE_CHECKING:
+    from frankenlab.tasks.schema import Task
+
+__all__ = ["DEFAULT_GENERATED_ITEMS", "ENTRY_POINT_GROUP", "GROUPS", "TASKS", "GeneratedTaskSpec", "HFTaskSpec",
+           "expand", "generator_for", "generators", "get_spec", "gsm8k_gold", "known_names", "register_generator"]
 
 Row = Mapping[str, Any]
 
@@ -75,13 +81,6 @@ def _math500(row: Row, index: int) -> dict[str, Any]:
     }
 
 
-def gsm8k_gold(solution: str) -> str:
-    """The number after ``####`` in a GSM8K solution, without thousands separators."""
-    if "####" not in solution:
-        raise TaskError(f"GSM8K answer without '####': {solution[-80:]!r}.")
-    return re.sub(r"(?<=\d),(?=\d{3})", "", solution.rsplit("####", 1)[1].strip())
-
-
 def _gsm8k(row: Row, index: int) -> dict[str, Any]:
     return {"id": f"gsm8k-{index:04d}", "question": row["question"], "image": None,
             "answer": gsm8k_gold(row["answer"]), "answer_type": "numeric"}
@@ -103,8 +102,82 @@ TASKS: Mapping[str, HFTaskSpec] = MappingProxyType({s.name: s for s in _SPECS})
 GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType({"mathvista": ("mathvista-general", "mathvista-math")})
 
 
+#: Items a generated task makes when the caller gives no count (``--limit``).
+DEFAULT_GENERATED_ITEMS = 100
+#: Packages add generated tasks through this entry-point group (each entry point is a GeneratedTaskSpec).
+ENTRY_POINT_GROUP = "frankenlab.tasks"
+
+
+@dataclass(frozen=True)
+class GeneratedTaskSpec:
+    """A task made from a seed rather than read (the mini-world's question families).
+
+    ``make(variant, n, seed)`` returns a :class:`~frankenlab.tasks.schema.Task` of ``n`` items; ``variant``
+    is the part after ``PREFIX:`` (None for the bare prefix) and must be one of ``variants``.
+    """
+
+    prefix: str
+    make: Callable[[str | None, int, int], Task]
+    variants: tuple[str, ...]
+    summary: str
+
+
+_GENERATORS: dict[str, GeneratedTaskSpec] = {}
+_LOCK = threading.Lock()
+_DISCOVERED = False
+
+
+def register_generator(spec: GeneratedTaskSpec) -> None:
+    """Make ``PREFIX`` and ``PREFIX:VARIANT`` loadable by :func:`~frankenlab.tasks.load_tasks`."""
+    key = spec.prefix.lower()
+    if key in TASKS or key in GROUPS:
+        raise TaskError(f"generated task prefix {spec.prefix!r} is already a built-in dataset name.")
+    with _LOCK:
+        old = _GENERATORS.get(key)
+        if old is not None and old != spec:
+            raise TaskError(f"generated task prefix {spec.prefix!r} is registered twice.")
+        _GENERATORS[key] = spec
+
+
+def _discover() -> None:
+    """Load the entry points once (lazily: importing a generator's package can be slow)."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name.lower() in _GENERATORS:
+            continue
+        spec = ep.load()
+        if not isinstance(spec, GeneratedTaskSpec):
+            raise TaskError(f"entry point {ep.value} ({ENTRY_POINT_GROUP}) is a {type(spec).__name__}, not a "
+                            "GeneratedTaskSpec.")
+        register_generator(spec)
+    _DISCOVERED = True
+
+
+def generators() -> Mapping[str, GeneratedTaskSpec]:
+    _discover()
+    return MappingProxyType(dict(_GENERATORS))
+
+
+def generator_for(spec: str) -> tuple[GeneratedTaskSpec, str | None] | None:
+    """``(generator, variant)`` when ``spec`` is ``PREFIX`` or ``PREFIX:VARIANT`` of a registered generator."""
+    prefix, sep, variant = spec.partition(":")
+    if not re.fullmatch(r"[A-Za-z][\w.-]*", prefix) or (sep and not variant):
+        return None
+    gen = generators().get(prefix.lower())
+    if gen is None:
+        return None
+    if sep and variant not in gen.variants:
+        raise TaskError(f"{spec!r}: {gen.prefix} has no variant {variant!r}; choose one of "
+                        f"{[f'{gen.prefix}:{v}' for v in gen.variants]}.")
+    return gen, (variant or None)
+
+
 def known_names() -> list[str]:
-    return sorted([*TASKS, *GROUPS])
+    return sorted([*TASKS, *GROUPS, *(f"{p}[:VARIANT]" for p in generators())])
 
 
 def expand(name: str) -> tuple[str, ...]:

@@ -24,8 +24,8 @@ from PIL import Image
 
 from frankenlab.errors import TaskError
 
-__all__ = ["ANSWER_TYPE_ALIASES", "CORE_FIELDS", "ITEM_KINDS", "Task", "TaskItem", "item_from_row", "kind_of",
-           "normalize_answer_type"]
+__all__ = ["ANSWER_ALIASES", "ANSWER_TYPE_ALIASES", "CORE_FIELDS", "ITEM_KINDS", "QUESTION_ALIASES", "Task", "TaskItem",
+           "gsm8k_gold", "item_from_row", "kind_of", "normalize_answer_type"]
 
 #: Accepted spellings of an answer type → the grading vocabulary (None lets the grader infer).
 ANSWER_TYPE_ALIASES: Mapping[str, str | None] = MappingProxyType({
@@ -36,6 +36,10 @@ ANSWER_TYPE_ALIASES: Mapping[str, str | None] = MappingProxyType({
     "auto": None, "free": None, "free_form": None, "free-form": None, "list": None,
 })
 CORE_FIELDS = ("id", "question", "image", "choices", "answer", "answer_type", "description")
+#: Other spellings read when the core field is absent (math datasets' ``problem``/``solution``, ...).
+QUESTION_ALIASES = ("problem", "prompt", "query")
+ANSWER_ALIASES = ("final_answer", "gold", "solution")
+ID_ALIASES = ("unique_id",)
 _IN_MEMORY = "<in-memory>"
 
 #: Item kinds; ``meta["kind"]`` may name one explicitly.
@@ -100,10 +104,23 @@ class TaskItem:
     choices: tuple[str, ...] | None = None
     description: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    task: str | None = field(default=None, compare=False)  # its task's name (set by :class:`Task`)
 
     @property
     def has_image(self) -> bool:
         return self.image is not None
+
+    @property
+    def key(self) -> str:
+        """``task/id``: unique across the tasks of one run (task names are unique, ids unique per task)."""
+        return f"{self.task}/{self.id}"
+
+    @property
+    def family(self) -> str:
+        """The row's ``family`` field (the mini-world's question family), else the task's name: how RL rewards
+        and per-family tables group items."""
+        family = self.meta.get("family")
+        return family if isinstance(family, str) and family else (self.task or "tasks")
 
     def kind(self, task: str | None = None) -> str:
         """``perception`` or ``reasoning`` (:func:`kind_of`); ``task`` is the name of the task it belongs to."""
@@ -144,6 +161,8 @@ class Task:
             if it.id in seen:
                 raise TaskError(f"task {self.name!r} ({self.source}): item id {it.id!r} is used twice.")
             seen.add(it.id)
+        if any(it.task != self.name for it in self.items):  # items always know their task (renamed: NAME=SPEC)
+            object.__setattr__(self, "items", tuple(replace(it, task=self.name) for it in self.items))
 
     def ids(self) -> list[str]:
         return [it.id for it in self.items]
@@ -243,15 +262,83 @@ def _check_gold_choice(answer: str, choices: tuple[str, ...], where: str) -> Non
         raise TaskError(f"{where}: {exc}.") from exc
 
 
-def item_from_row(row: Mapping[str, Any], *, base: Path | None = None, where: str = "row") -> TaskItem:
-    """Validate one row (``where`` names it in errors, e.g. "tasks.jsonl, line 7"); other fields go to meta."""
+def gsm8k_gold(solution: str) -> str:
+    """The number after ``####`` in a GSM8K solution, without thousands separators."""
+    if "####" not in solution:
+        raise TaskError(f"GSM8K answer without '####': {solution[-80:]!r}.")
+    return re.sub(r"(?<=\d),(?=\d{3})", "", solution.rsplit("####", 1)[1].strip())
+
+
+def _present(row: Mapping[str, Any], key: str) -> bool:
+    value = row.get(key)
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def _question(row: Mapping[str, Any], where: str) -> str:
+    if row.get("question") is None:
+        for key in QUESTION_ALIASES:
+            if _present(row, key) and isinstance(row[key], str):
+                return row[key]
+        raise TaskError(f"{where}: field 'question' must be a non-empty string, got None (also looked for "
+                        f"{', '.join(map(repr, QUESTION_ALIASES))}).")
+    text = _text(row, "question", where, required=True)
+    assert text is not None
+    return text
+
+
+def _answer(row: Mapping[str, Any], where: str) -> str:
+    """``answer`` (a GSM8K ``... #### 42`` becomes ``42``), else an alias; a ``solution`` gives its ``\\boxed{}``."""
+    if row.get("answer") is not None:
+        text = _text(row, "answer", where, required=True)
+        assert text is not None
+        return gsm8k_gold(text) if "####" in text else text
+    for key in ANSWER_ALIASES:
+        if not _present(row, key) or isinstance(row[key], bool):
+            continue
+        text = str(row[key])
+        if "####" in text:
+            return gsm8k_gold(text)
+        if key == "solution":
+            from frankenlab.grading.extract import extract_answer
+
+            found, rule = extract_answer(text)
+            if found is not None and rule != "whole":  # a final answer was marked, not the whole derivation
+                return found
+            continue
+        return text.strip()
+    raise TaskError(f"{where}: field 'answer' must be a non-empty string or a number, got None (also looked for "
+                    f"{', '.join(map(repr, ANSWER_ALIASES))}; a 'solution' needs a \\boxed{{}} or '#### N').")
+
+
+def _item_id(row: Mapping[str, Any], where: str, index: int | None) -> str:
+    if row.get("id") is None:
+        for key in ID_ALIASES:
+            if _present(row, key):
+                return str(row[key])
+        if index is not None:
+            return str(index)
+    text = _text(row, "id", where, required=True)
+    assert text is not None
+    return text
+
+
+def item_from_row(row: Mapping[str, Any], *, base: Path | None = None, where: str = "row",
+                  index: int | None = None) -> TaskItem:
+    """Validate one row (``where`` names it in errors, e.g. "tasks.jsonl, line 7"); other fields go to meta.
+
+    Math datasets' spellings are read too (``problem``/``prompt``/``query`` for the question,
+    ``final_answer``/``gold``/``solution`` for the answer, ``unique_id`` for the id); a row without an id
+    is named by its 0-based ``index`` in the file.
+    """
     if not isinstance(row, Mapping):
         raise TaskError(f"{where}: expected an object with fields {list(CORE_FIELDS)}, got {type(row).__name__}.")
-    item_id = _text(row, "id", where, required=True)
-    question = _text(row, "question", where, required=True)
-    answer = _text(row, "answer", where, required=True)
-    assert item_id is not None and question is not None and answer is not None
-    answer_type = normalize_answer_type(row.get("answer_type"), where)
+    item_id = _item_id(row, where, index)
+    question = _question(row, where)
+    answer = _answer(row, where)
+    raw_type = row.get("answer_type")
+    answer_type = normalize_answer_type(raw_type, where)
+    if raw_type in ("int", "integer") and not re.fullmatch(r"-?\d+", answer.strip()):
+        raise TaskError(f"{where}: answer {answer!r} is not an integer but answer_type is {raw_type!r}.")
     choices = _choices(row.get("choices"), where)
     if answer_type == "mcq" and not choices and not re.fullmatch(r"\(?[A-Z]\)?", answer.strip()):
         raise TaskError(f"{where}: a multiple-choice item needs 'choices' or an option letter as its answer.")
