@@ -12,11 +12,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _torch_threads() -> None:
+    """One torch thread for every test, restored before each one: CLI entry points set their own count (the
+    adaptive default), and bit-exactness tests must not depend on which test ran before them."""
     import torch
 
-    torch.set_num_threads(1)
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from frankenlab.io.atomic import write_json
+from frankenlab.io.store import marker_key
 
 
 def versions() -> dict[str, str]:
@@ -50,15 +51,19 @@ def write_manifest(out_dir: str | os.PathLike[str], manifest: dict[str, Any]) ->
     return write_json(Path(out_dir) / "manifest.json", manifest)
 
 
+def done_marker(out_dir: str | os.PathLike[str], stage: str) -> Path:
+    """Where `mark_done` records that `stage` finished in `out_dir`."""
+    return Path(out_dir) / f".done-{stage}.json"
+
+
 def mark_done(out_dir: str | os.PathLike[str], stage: str, key: str) -> None:
-    write_json(Path(out_dir) / f".done-{stage}.json", {"stage": stage, "key": key, "time": time.time()})
+    write_json(done_marker(out_dir, stage), {"stage": stage, "key": key, "time": time.time()})
+
+
+def is_current(marker: str | os.PathLike[str], key: str) -> bool:
+    """True when the marker file records `key`; a missing or unreadable marker is never current."""
+    return marker_key(marker) == key
 
 
 def is_done(out_dir: str | os.PathLike[str], stage: str, key: str) -> bool:
-    marker = Path(out_dir) / f".done-{stage}.json"
-    if not marker.exists():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("key") == key
-    except (OSError, json.JSONDecodeError):
-        return False
+    return is_current(done_marker(out_dir, stage), key)

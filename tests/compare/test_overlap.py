@@ -134,7 +134,7 @@ def test_overlap_errors_write_nothing(outputs: dict, tmp_path: Path) -> None:  #
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not a frankenlab overlap output"):
+    with pytest.raises(OutputError, match="not this overlap's output"):
         compare_overlap(root / "cmp_rl1", root / "cmp_rl2", out_dir=foreign)
     compare_overlap(root / "cmp_rl1", root / "cmp_rl2", out_dir=out, plots=False)
     with pytest.raises(OutputError, match="--overwrite"):

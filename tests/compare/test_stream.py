@@ -295,7 +295,7 @@ def test_output_dir_guards(triple: dict[str, Path], tmp_path: Path) -> None:
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not a frankenlab compare output"):
+    with pytest.raises(OutputError, match="not this comparison.s output"):
         compare_checkpoints(triple["in"], triple["rl"], out_dir=foreign)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 

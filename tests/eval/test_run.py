@@ -128,7 +128,7 @@ def test_refuses_to_mix_runs(tmp_path):
     assert res.n_new == 6 * 2 + 3
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not a frankenlab eval output"):
+    with pytest.raises(OutputError, match="not this evaluation.s output"):
         evaluate({"A": Oracle(TABLE_A, TEXT_A)}, _task(), "image", tmp_path / "other", n_boot=200, plots=False)
 
 

@@ -50,3 +50,35 @@ def test_demo_reuses_an_existing_pair(tmp_path, capsys, fast_world):
     assert {f["verdict"] for f in findings} <= {"supported", "contradicted", "inconclusive"}
     stages = json.loads((tmp_path / "study" / "stages.json").read_text())["outcomes"]
     assert [o["status"] for o in stages] == ["done"] * 8
+
+
+def test_study_refuses_an_unrelated_out_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    # --in/--rl do not exist: the refusal comes before any checkpoint is opened
+    assert _run("study", "--in", str(tmp_path / "nope-in"), "--rl", str(tmp_path / "nope-rl"), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds files that are not this study's output (notes.txt); choose a new or empty directory." in \
+        err.replace("\n", "")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_study_accepts_a_missing_an_empty_or_its_own_out(tmp_path):
+    from frankenlab.study import parse_config
+    from frankenlab.study.pipeline import claim_study_dir
+
+    def cfg(out):
+        return parse_config({"out": str(out), "recipes": [{"in": "a", "rl": "b"}]})
+
+    claim_study_dir(cfg(tmp_path / "missing"))
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "empty").mkdir()
+    claim_study_dir(cfg(tmp_path / "empty"))
+    own = tmp_path / "own"  # what an interrupted study leaves: stage folders, shared data, markers, no report yet
+    for d in ("compare", "merge_eval/passk", "_data", ".stages"):
+        (own / d).mkdir(parents=True)
+    claim_study_dir(cfg(own))  # no study.json yet (removed by hand): every entry is still a study's
+    (own / "study.json").write_text("{}")
+    (own / "notes.txt").write_text("added by the user to a finished study")
+    claim_study_dir(cfg(own))

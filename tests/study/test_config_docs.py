@@ -45,22 +45,30 @@ def test_explicit_lengths_still_win():
     assert (cfg.probe.max_new_tokens, cfg.eval.max_new_tokens) == (6, 8)
 
 
-def test_frozen_variants_are_evaluated_with_per_kind_lengths():
-    """freeze.train's held-out evaluation: one call per kind, results back in item order; explicit: one call."""
-    from types import SimpleNamespace
+def test_frozen_variants_are_evaluated_with_per_kind_lengths(monkeypatch):
+    """freeze.train's held-out evaluation (the mini-world evaluator on eval's loop): one answer length per item
+    kind, results back in item order; an explicit length: the same for all."""
+    import frankenlab.runtime.generate as generate
+    from frankenlab.miniworld.evaluate import evaluate
+    from frankenlab.runtime.generate import GenerationSettings
+    from frankenlab.tasks import TaskItem
 
-    from frankenlab.study.stages import _evaluate_by_kind
-
-    items = [SimpleNamespace(id=f"i{n}", family=f, choices=None)
-             for n, f in enumerate(["count", "text_arith", "color", "count_arith"])]
     calls = []
 
-    def fake(model, processor, group, *, max_new_tokens):
-        calls.append((max_new_tokens, [it.id for it in group]))
-        return [SimpleNamespace(id=it.id, limit=max_new_tokens) for it in group]
+    class Fake:
+        def __init__(self, model, processor, *, batch_size, max_new_tokens):
+            self.settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
 
-    out = _evaluate_by_kind(fake, None, None, items, None)
-    assert [(r.id, r.limit) for r in out] == [("i0", 256), ("i1", 1024), ("i2", 256), ("i3", 1024)]
-    assert sorted(calls) == [(256, ["i0", "i2"]), (1024, ["i1", "i3"])]
+        def generate(self, prompts):
+            calls.append((self.settings.max_new_tokens, [p.text for p in prompts]))
+            return ["1" for _ in prompts]
+
+    monkeypatch.setattr(generate, "HFBackend", Fake)
+    items = [TaskItem(id=f"i{n}", question=f"q{n}", answer="1", answer_type="numeric", meta={"family": f})
+             for n, f in enumerate(["count", "text_arith", "color", "count_arith"])]
+    out = evaluate(None, None, items, max_new_tokens=None)
+    assert [r.id for r in out] == ["i0", "i1", "i2", "i3"] and all(r.strict for r in out)
+    assert sorted(calls) == [(256, ["q0", "q2"]), (1024, ["q1", "q3"])]
     calls.clear()
-    assert [r.limit for r in _evaluate_by_kind(fake, None, None, items, 5)] == [5] * 4 and len(calls) == 1
+    evaluate(None, None, items, max_new_tokens=5)
+    assert {length for length, _ in calls} == {5} and sum(len(t) for _, t in calls) == 4

@@ -23,6 +23,7 @@ import pandas as pd
 from frankenlab.errors import CompareError, OutputError
 from frankenlab.io import write_json, write_table
 from frankenlab.io.atomic import atomic_dir
+from frankenlab.io.store import claim_out_dir
 from frankenlab.manifest import build_manifest, mark_done
 
 STAGE = "overlap"
@@ -196,17 +197,13 @@ def _plot(path: Path, layers: pd.DataFrame, labels: tuple[str, str]) -> None:
 
 
 def _check_out(out: Path, overwrite: bool) -> bool:
-    """True when `out` may be replaced; refuses other people's files."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is a file; --out must be a directory.")
-    if not out.exists() or not any(out.iterdir()):
-        return out.exists()
-    if not (out / f".done-{STAGE}.json").exists():
-        raise OutputError(f"{out} is not empty and is not a frankenlab overlap output; choose a new or empty "
-                          "directory.")
-    if not overwrite:
+    """True when `out` exists and may be replaced whole; refuses other people's files (the shared check) and,
+    without `overwrite`, an earlier overlap result (an overlap is cheap and never resumes)."""
+    state = claim_out_dir(out, what="overlap", marker=f".done-{STAGE}.json",
+                          ours=(*(f"{name}.*" for name in TABLES), "summary.json", "manifest.json", "plots"))
+    if state.previous is not None and not overwrite:
         raise OutputError(f"{out} already holds an overlap result; pass --overwrite to replace it.")
-    return True
+    return out.exists()
 
 
 def compare_overlap(a_out: str | os.PathLike[str], b_out: str | os.PathLike[str], *,

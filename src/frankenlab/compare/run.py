@@ -39,7 +39,8 @@ from frankenlab.compare.stream import (
 )
 from frankenlab.errors import CompareError, OutputError
 from frankenlab.io import write_json, write_table
-from frankenlab.manifest import build_manifest, is_done, mark_done, settings_key, write_manifest
+from frankenlab.io.store import claim_out_dir, clear_out_dir
+from frankenlab.manifest import build_manifest, done_marker, mark_done, settings_key, write_manifest
 from frankenlab.regions import Partition
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,10 @@ TABLES = {
 MASKS_DIR = "masks"
 MASK_FORMAT = ("numpy.packbits (big bit order) of the C-order flattened mask Δ ≠ 0 of the matrix viewed as "
                "stored, zero-padded to a whole byte")
+DONE_MARKER = done_marker(".", STAGE).name
 FINAL_NAMES = {f"{t}.{ext}" for t in TABLES for ext in ("csv", "parquet")} | {
-    "summary.json", "manifest.json", "plots", MASKS_DIR, f".done-{STAGE}.json"}
+    "summary.json", "manifest.json", "plots", MASKS_DIR, DONE_MARKER}
+OUTPUT_NAMES = FINAL_NAMES | {CACHE_DIR, ".staging-*"}  # everything a comparison writes into its directory
 
 
 @dataclass
@@ -77,49 +80,26 @@ class CompareResult:
     reloaded: bool = False  # True when a finished output directory was read back instead of recomputed
 
 
-def _out_state(out: Path, output_key: str, overwrite: bool) -> str:
-    """'new', 'resume' or 'done'; refuses directories that are not ours or hold another finished run."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is a file; --out must be a directory (new, empty, or an earlier compare output).")
-    if not out.exists():
-        return "new"
-    entries = [p.name for p in out.iterdir() if not p.name.startswith(".staging-")]
-    foreign = sorted(n for n in entries if n not in FINAL_NAMES and n != CACHE_DIR)
-    if foreign:
-        raise OutputError(
-            f"{out} is not empty and is not a frankenlab compare output (it holds {', '.join(foreign[:5])}); "
-            "choose a new or empty directory."
-        )
-    if is_done(out, STAGE, output_key) and all((out / f"{t}.parquet").exists() for t in TABLES):
-        return "done"
-    finished = sorted(n for n in entries if n in FINAL_NAMES and not n.startswith("."))
-    if finished and not (out / f".done-{STAGE}.json").exists():
-        return "resume"  # leftovers of our own interrupted final write: redone below
-    if finished and not overwrite:
-        raise OutputError(
-            f"{out} holds the results of a comparison with other inputs or settings ({', '.join(finished[:4])}"
-            " …); pass --overwrite (overwrite=True) to replace them, or choose another --out."
-        )
-    return "resume"
+def _claim_out(out: Path, output_key: str, overwrite: bool) -> bool:
+    """True when `out` holds this very comparison, finished; otherwise it is made ready to resume.
 
-
-def _remove_finals(out: Path) -> None:
-    """Delete an earlier run's final files (before computing, so stale tables never look current)."""
-    with contextlib.suppress(FileNotFoundError):
-        (out / f".done-{STAGE}.json").unlink()
-    for name in FINAL_NAMES:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    Refuses a directory that is not a compare output, or that holds a finished comparison with other
+    inputs or settings (unless `overwrite`). Any earlier final file is removed before computing, so stale
+    tables never look current; the per-tensor cache, keyed by itself, is always kept.
+    """
+    claim = claim_out_dir(out, what="comparison", ours=OUTPUT_NAMES, marker=DONE_MARKER, key=output_key,
+                          keep=(CACHE_DIR,), overwrite=overwrite)
+    if claim.current and all((out / f"{t}.parquet").exists() for t in TABLES):
+        return True
+    clear_out_dir(out, OUTPUT_NAMES, keep=(CACHE_DIR,))
+    return False
 
 
 def load_result(out_dir: str | os.PathLike[str]) -> CompareResult:
     """Read a finished output directory back into a CompareResult (nothing is recomputed)."""
     out = Path(out_dir)
-    if not (out / f".done-{STAGE}.json").exists():
-        raise OutputError(f"{out} is not a finished compare output (no .done-{STAGE}.json); rerun the comparison.")
+    if not (out / DONE_MARKER).exists():
+        raise OutputError(f"{out} is not a finished compare output (no {DONE_MARKER}); rerun the comparison.")
     tables = {t: pd.read_parquet(out / f"{t}.parquet") for t in TABLES}
     summary = json.loads((out / "summary.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
@@ -193,7 +173,7 @@ def _write_outputs(out: Path, result: CompareResult, spans: list[tuple[str, int,
 
             write_plots(stage / "plots", result.tensors, result.layers, result.region_spectra, spans)
         with contextlib.suppress(FileNotFoundError):
-            (out / f".done-{STAGE}.json").unlink()
+            (out / DONE_MARKER).unlink()
         written = []
         for p in sorted(stage.iterdir()):
             target = out / p.name
@@ -281,12 +261,9 @@ def compare_checkpoints(
         out = Path(out_dir).resolve() if out_dir is not None else None
         cache = None
         if out is not None:
-            state = _out_state(out, output_key, overwrite)
-            if state == "done":
+            if _claim_out(out, output_key, overwrite):
                 log.info("%s already holds this comparison; nothing to compute", out)
                 return load_result(out)
-            if state == "resume":
-                _remove_finals(out)
             cache = ResultCache(out / CACHE_DIR / f"{compute_key}.jsonl")
         masks_root = out / CACHE_DIR / f"{compute_key}.masks" if out is not None and masks else None
         writer = MaskWriter(masks_root) if masks_root is not None else None

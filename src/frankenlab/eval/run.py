@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any, TypeVar
 import pandas as pd
 from pydantic import ValidationError
 
-from frankenlab.errors import EvalError, FrankenlabError, GradingError, OutputError
+from frankenlab.errors import EvalError, FrankenlabError, GradingError
 from frankenlab.eval.config import SETTINGS, EvalConfig
 from frankenlab.eval.describe import Describer, DescriptionResult, resolve_descriptions, source_key
 from frankenlab.eval.judge import LLMJudge
@@ -50,11 +49,12 @@ from frankenlab.eval.tables import (
 )
 from frankenlab.grading import grade, math_verify_available
 from frankenlab.io import write_json, write_table
+from frankenlab.io.store import claim_out_dir
 from frankenlab.manifest import build_manifest, settings_key, write_manifest
 from frankenlab.runtime.generate import backend_for_kind
 from frankenlab.tasks import Task, TaskItem, load_tasks
 
-__all__ = ["EvalResult", "ProgressEvent", "evaluate"]
+__all__ = ["EvalResult", "ProgressEvent", "answer_items", "evaluate", "grade_record"]
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +129,18 @@ def _tasks(tasks: Any, load_dataset: Callable[..., Any] | None) -> list[Task]:
     return load_tasks(tasks, load_dataset=load_dataset)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> dict[str, Any] | None:
-    """The previous run.json (None for a fresh directory); refuses directories that are not eval outputs."""
-    import json
+#: What an evaluation writes into its output directory (glob patterns); anything else there is not ours.
+_OUTPUT_FILES = ("run.json", "selection.json", "descriptions.jsonl", "items.jsonl", "samples.jsonl", "manifest.json",
+                 "summary.*", "metrics.*", "comparisons.*", "passk.*", "plots")
 
-    run_path = out / "run.json"
-    prev = json.loads(run_path.read_text()) if run_path.is_file() else None
-    if out.exists() and prev is None and any(out.iterdir()):
-        raise OutputError(f"{out} exists and is not a frankenlab eval output (no run.json); choose another --out.")
-    if overwrite and prev is not None:
-        shutil.rmtree(out)
-        return None
-    return prev
+
+def _prepare_out(out: Path, overwrite: bool) -> dict[str, Any] | None:
+    """The previous run.json (None for a fresh directory); refuses directories that are not eval outputs.
+
+    ``overwrite`` clears an earlier run; otherwise :func:`_check_same` compares its settings with this one's.
+    """
+    return claim_out_dir(out, what="evaluation", ours=_OUTPUT_FILES, marker="run.json",
+                         results=("items.jsonl", "samples.jsonl"), overwrite=overwrite).previous
 
 
 def _check_same(prev: Mapping[str, Any], key_fields: Mapping[str, Any]) -> None:
@@ -158,7 +158,8 @@ def _check_model(prev_models: Mapping[str, Any], label: str, field: str, value: 
                         f"{value!r}); use another label or --out.")
 
 
-def _grade(rec: dict[str, Any], item: TaskItem, judge: LLMJudge | None, prompt_suffix: str) -> None:
+def grade_record(rec: dict[str, Any], item: TaskItem, judge: LLMJudge | None = None, prompt_suffix: str = "") -> None:
+    """Grade ``rec["response"]`` against ``item`` in place (the rules, then the judge when one is given)."""
     v = grade(rec["response"], item.answer, list(item.choices) if item.choices else None,
               answer_type=item.answer_type)
     rec.update(extracted=v.extracted, extraction=v.extraction, rule=v.rule, rule_correct=v.correct,
@@ -223,7 +224,7 @@ def _grade_all(records: list[dict], items: Sequence[TaskItem], responses: Mappin
             rec["error"] = f"timeout: the generation batch hit the {cfg.timeout_s:g} s limit (response truncated)."
             continue
         try:
-            _grade(rec, items[i], judge, cfg.prompt_suffix)
+            grade_record(rec, items[i], judge, cfg.prompt_suffix)
         except (GradingError, EvalError) as exc:
             rec["error"] = f"{type(exc).__name__}: {exc}"
             rec["correct"] = False
@@ -451,3 +452,31 @@ def _finish(out: Path, cfg: EvalConfig, store: RecordStore, samples: RecordStore
                "failed_items_policy": "failed = wrong; counted in n and n_failed"}))
     return EvalResult(out, summary, metrics, comparisons, len(records), n_new, n_failed, passk, len(drawn),
                       n_sample_new, n_sample_failed)
+
+
+def answer_items(backend: Any, items: Sequence[TaskItem], *, label: str = "model", setting: str = "image",
+                 config: EvalConfig | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """One record per item (the ``items.jsonl`` fields), in item order, from ``backend`` in memory.
+
+    The loop of :func:`evaluate` without its output directory: prompts by
+    :func:`~frankenlab.eval.settings.build_prompt` (``setting`` for image items, ``text`` for text-only
+    ones), one answer length per item kind unless the backend's is explicit, a failing batch retried item
+    by item, and the same grading. Callers that keep their own tables (the mini-world build, the study's
+    freeze stage) score exactly as ``frankenlab eval`` does.
+    """
+    if not items:
+        raise EvalError("nothing to evaluate: the task list is empty.")
+    cfg = config if config is not None else EvalConfig(settings=(setting,))
+    jobs = [_Job(it.task or "tasks", it, settings_for(it, (setting,))[0], it.kind(it.task)) for it in items]
+    position = {id(j): i for i, j in enumerate(jobs)}
+    out: list[dict[str, Any] | None] = [None] * len(jobs)
+    done = 0
+    for kind, chunk in _batches(jobs, max(1, backend.settings.batch_size)):
+        for job, rec in zip(chunk, _run_chunk(label, backend_for_kind(backend, kind), chunk, cfg, {}, None),
+                            strict=True):
+            out[position[id(job)]] = rec
+        done += len(chunk)
+        if progress is not None:
+            progress(done)
+    return [r for r in out if r is not None]

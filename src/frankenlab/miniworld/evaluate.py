@@ -1,10 +1,12 @@
-"""Batched greedy evaluation of a mini-world model: per-family strict and lenient accuracy with intervals.
+"""The mini-world's per-family tables (strict and lenient accuracy, paired gains) on top of ``frankenlab eval``.
 
 Two scores per item, because RL can change the *format* of answers as well as their content, and
 the docs must say which of the two moved: ``strict`` is the response (whitespace-stripped) equal to
-the gold answer character for character; ``lenient`` is :func:`frankenlab.grading.grade` (answer
-extraction, number and case normalisation). Gains are paired differences over the same items with a
-bootstrap interval, so item difficulty cancels.
+the gold answer character for character; ``lenient`` is ``frankenlab eval``'s grade (answer
+extraction, number and case normalisation). Answers come from :func:`frankenlab.eval.run.answer_items`,
+accuracies and their Wilson intervals from :func:`frankenlab.eval.metrics.accuracy`, gains (paired
+differences over the same items, so item difficulty cancels) from
+:func:`frankenlab.eval.metrics.compare_paired`: one evaluator, only the grouping by family is here.
 """
 
 from __future__ import annotations
@@ -15,11 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from frankenlab.errors import TaskError
-from frankenlab.grading import grade
-from frankenlab.stats import paired_bootstrap_diff, wilson_interval
+from frankenlab.eval.metrics import accuracy, compare_paired
 from frankenlab.tasks.schema import TaskItem
 
 __all__ = [
@@ -47,16 +46,19 @@ class ItemResult:
 
 
 def _score(item: TaskItem, response: str) -> ItemResult:
-    text = response.strip()
-    verdict = grade(
-        text,
-        item.answer,
-        list(item.choices) if item.choices else None,
-        answer_type=item.answer_type,
-        use_math_verify=False,
-    )
-    return ItemResult(item.id, item.family, item.answer, text, text == item.answer.strip(), verdict.correct,
-                      verdict.rule)
+    """Both scores of one response, graded by ``frankenlab eval``'s rule."""
+    from frankenlab.eval.run import grade_record
+
+    record: dict[str, Any] = {"response": response, "error": None}
+    grade_record(record, item)
+    return _result(item, record)
+
+
+def _result(item: TaskItem, record: dict[str, Any]) -> ItemResult:
+    text = (record.get("response") or "").strip()
+    return ItemResult(item.id, item.family, item.answer, text, record.get("error") is None and text ==
+                      item.answer.strip(), bool(record.get("correct")) and record.get("error") is None,
+                      record.get("rule") or "error")
 
 
 def evaluate(
@@ -65,17 +67,27 @@ def evaluate(
     items: Sequence[TaskItem],
     *,
     batch_size: int = 64,
-    max_new_tokens: int = 8,
+    max_new_tokens: int | None = 8,
     progress: Callable[[int], None] | None = None,
 ) -> list[ItemResult]:
-    """Greedy answers for every item (left-padded batches, vision tokens suppressed) and their grades."""
-    from frankenlab.runtime.generate import HFBackend, Prompt
+    """Greedy answers for every item and both scores, through :func:`frankenlab.eval.run.answer_items`.
+
+    The answers and the lenient grade are exactly ``frankenlab eval``'s (same prompts, batching, grading);
+    ``max_new_tokens=None`` gives each item kind its default length. Items whose prompt or generation
+    failed count as wrong under both scores and are logged.
+    """
+    from frankenlab.eval.run import answer_items
+    from frankenlab.runtime.generate import HFBackend
 
     if not items:
         raise TaskError("nothing to evaluate: the task list is empty.")
     backend = HFBackend(model, processor, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    responses = backend.generate([Prompt.of(it) for it in items], progress=progress)
-    return [_score(it, r) for it, r in zip(items, responses, strict=True)]
+    records = answer_items(backend, items, progress=progress)
+    failed = [r for r in records if r.get("error")]
+    if failed:
+        log.warning("%d of %d items failed and count as wrong (first: %s: %s)", len(failed), len(records),
+                    failed[0]["item_id"], failed[0]["error"])
+    return [_result(it, rec) for it, rec in zip(items, records, strict=True)]
 
 
 def _by_family(results: Sequence[ItemResult]) -> dict[str, list[ItemResult]]:
@@ -93,9 +105,9 @@ def accuracy_rows(label: str, results: Sequence[ItemResult], confidence: float =
         n = len(group)
         row: dict[str, Any] = {"model": label, "family": family, "n": n}
         for score in ("strict", "lenient"):
-            k = sum(getattr(r, score) for r in group)
-            lo, hi = wilson_interval(k, n, confidence)
-            row.update({f"{score}_correct": k, f"{score}_acc": k / n, f"{score}_lo": lo, f"{score}_hi": hi})
+            acc = accuracy([bool(getattr(r, score)) for r in group], confidence=confidence)
+            row.update({f"{score}_correct": acc.k, f"{score}_acc": acc.value, f"{score}_lo": acc.ci_low,
+                        f"{score}_hi": acc.ci_high})
         rows.append(row)
     return rows
 
@@ -116,12 +128,11 @@ def gain_rows(
         raise TaskError(f"{label} and {base_label} were not evaluated on the same items; gains need pairs.")
     rows = []
     for family, group in _by_family(results).items():
-        a = np.array([getattr(r, score) for r in group], dtype=float)
-        b = np.array([getattr(base_by_id[r.id], score) for r in group], dtype=float)
-        diff, lo, hi, p = paired_bootstrap_diff(a, b, n_boot=n_boot, seed=seed)
-        rows.append({"model": label, "versus": base_label, "family": family, "score": score, "n": len(group),
-                     "acc": float(a.mean()), "versus_acc": float(b.mean()), "gain": diff, "gain_lo": lo,
-                     "gain_hi": hi, "p_value": p})
+        c = compare_paired([bool(getattr(r, score)) for r in group],
+                           [bool(getattr(base_by_id[r.id], score)) for r in group], n_boot=n_boot, seed=seed)
+        rows.append({"model": label, "versus": base_label, "family": family, "score": score, "n": c.n,
+                     "acc": c.mean_a, "versus_acc": c.mean_b, "gain": c.diff, "gain_lo": c.ci_low,
+                     "gain_hi": c.ci_high, "p_value": c.p_bootstrap})
     return rows
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from frankenlab.errors import FrankenlabError
+from frankenlab.io.jsonl import iter_jsonl
 
 
 @dataclass
@@ -30,18 +31,8 @@ def _jsonl(path: Path) -> list[dict[str, Any]] | None:
     """Item records of a stage (None when it wrote none); a torn last line of a killed run is skipped."""
     if not path.is_file():
         return None
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if i != len(lines) - 1:
-                raise FrankenlabError(f"{path}, line {i + 1}: not valid JSON ({exc.msg}); rerun the stage that wrote "
-                                      "it.") from exc
-    return rows
+    return [row for _, row in iter_jsonl(path, error=FrankenlabError, fix="rerun the stage that wrote it",
+                                         on_torn=lambda _: None)]
 
 
 def _pngs(folder: Path, skip: tuple[str, ...] = ()) -> list[Path]:

@@ -8,8 +8,8 @@ directory holds exactly what its analysis wrote.
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from frankenlab.io.atomic import write_json, write_text
-from frankenlab.manifest import build_manifest, settings_key
-from frankenlab.study.config import RecipeInputs, StudyConfig
+from frankenlab.io.store import claim_out_dir, read_marker
+from frankenlab.manifest import build_manifest, is_current, settings_key
+from frankenlab.study.config import STAGES, RecipeInputs, StudyConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +58,33 @@ class StageSpec:
     applicable: Callable[[StudyConfig, RecipeInputs], str | None] = lambda cfg, r: None
 
 
+STATE_DIR = ".stages"
+DATA_DIR = "_data"  # generated task and probe files the stages share
+STUDY_MARKER = "study.json"  # the study's configuration, written before the first stage runs
+#: What a study writes into its directory (glob patterns): stage folders, markers, shared data, the report.
+STUDY_FILES = (STUDY_MARKER, "stages.json", "findings.json", "report.md", "report.html", DATA_DIR, STATE_DIR,
+               ".variant-*", *STAGES)
+
+
+def claim_study_dir(cfg: StudyConfig) -> None:
+    """Refuse an output directory that holds files a study did not write, before any work is done.
+
+    A missing or empty directory, or an earlier study's (resumed stage by stage), is accepted.
+    """
+    claim_out_dir(cfg.out, what="study", ours=STUDY_FILES, marker=STUDY_MARKER)
+
+
 def state_dir(cfg: StudyConfig) -> Path:
-    return Path(cfg.out) / ".stages"
+    return Path(cfg.out) / STATE_DIR
 
 
 def _state(cfg: StudyConfig, stage: str, recipe: str, what: str) -> Path:
     return state_dir(cfg) / f"{stage}.{recipe}.{what}"
 
 
-def stage_is_current(marker: Path, key: str) -> bool:
-    if not marker.exists():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("key") == key
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def _prepare(out_dir: Path, started: Path, key: str) -> None:
     """Same key as an interrupted attempt: keep its partial outputs (stages resume); else start clean."""
-    import shutil
-
-    same = False
-    if started.exists():
-        try:
-            same = json.loads(started.read_text()).get("key") == key
-        except (OSError, json.JSONDecodeError):
-            same = False
-    if out_dir.exists() and not same:
+    if out_dir.exists() and not is_current(started, key):
         shutil.rmtree(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # the analysis creates out_dir itself
     write_json(started, {"key": key})
@@ -103,8 +103,8 @@ def run_stage(spec: StageSpec, cfg: StudyConfig, recipe: RecipeInputs, fingerpri
     key = settings_key(key_data)
     marker = _state(cfg, spec.name, recipe.name, "done.json")
     error_file = _state(cfg, spec.name, recipe.name, "error.txt")
-    if stage_is_current(marker, key) and out_dir.exists():
-        took = float(json.loads(marker.read_text()).get("seconds", 0.0))
+    if is_current(marker, key) and out_dir.exists():
+        took = float((read_marker(marker) or {}).get("seconds", 0.0))
         outcome = StageOutcome(spec.name, recipe.name, "skipped", 0.0, str(out_dir),
                                f"current: computed earlier in {took:.1f} s")
         if on_event:

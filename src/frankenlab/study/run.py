@@ -15,7 +15,7 @@ from frankenlab.regions import Partition
 from frankenlab.runtime.threads import torch_threads
 from frankenlab.study.claims import decide_all
 from frankenlab.study.config import StudyConfig
-from frankenlab.study.pipeline import StageOutcome, StudyResult, run_stage
+from frankenlab.study.pipeline import StageOutcome, StudyResult, claim_study_dir, run_stage
 from frankenlab.study.stages import STAGE_SPECS, control_task_names
 
 EventFn = Callable[[str, StageOutcome | None], None]
@@ -75,6 +75,7 @@ def write_report(cfg: StudyConfig, result: StudyResult, inputs: dict[str, dict[s
 def run_study(cfg: StudyConfig, on_event: EventFn | None = None) -> StudyResult:
     """Run (or resume) the study; failed stages are reported, the others' results kept."""
     root = Path(cfg.out)
+    claim_study_dir(cfg)  # an unrelated --out is refused before any checkpoint is opened
     inputs = _inputs(cfg)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "study.json", cfg.model_dump(by_alias=True))

@@ -13,14 +13,14 @@ from frankenlab.errors import FrankenlabError
 from frankenlab.io.atomic import write_json
 from frankenlab.io.tables import write_table
 from frankenlab.study.config import RecipeInputs, StudyConfig
-from frankenlab.study.pipeline import StageSpec
+from frankenlab.study.pipeline import DATA_DIR, StageSpec
 
 ROLES = ("IN", "RL")
 NECESSITY_COLUMNS = ["model", "family", "n", "acc", "gain", "gain_low", "gain_high"]
 
 
 def data_dir(cfg: StudyConfig) -> Path:
-    return Path(cfg.out) / "_data"
+    return Path(cfg.out) / DATA_DIR
 
 
 def builtin_pairs(cfg: StudyConfig) -> Path:
@@ -270,22 +270,6 @@ def _freeze_key(cfg: StudyConfig, recipe: RecipeInputs, fps: dict[str, str]) -> 
     return {"table": str(src), "mtime": src.stat().st_mtime if src and src.exists() else None}
 
 
-def _evaluate_by_kind(evaluate: Any, model: Any, processor: Any, items: list[Any], explicit: int | None) -> list[Any]:
-    """Mini-world evaluation with one answer length per item kind (``explicit`` for all when given), in item order."""
-    from frankenlab.runtime.generate import resolve_max_new_tokens
-
-    if explicit is not None:
-        return evaluate(model, processor, items, max_new_tokens=explicit)
-    kinds = [it.kind(it.task) for it in items]
-    results: list[Any] = [None] * len(items)
-    for kind in sorted(set(kinds)):
-        where = [i for i, k in enumerate(kinds) if k == kind]
-        got = evaluate(model, processor, [items[i] for i in where], max_new_tokens=resolve_max_new_tokens(None, kind))
-        for i, r in zip(where, got, strict=True):
-            results[i] = r
-    return results
-
-
 def _train_frozen(cfg: StudyConfig, recipe: RecipeInputs, out: Path) -> None:
     """RL from IN unfrozen and with each region frozen, then paired gains over IN on held-out items."""
     from frankenlab.miniworld.build import NECESSITY_COLUMNS as BUILD_COLUMNS
@@ -312,7 +296,8 @@ def _train_frozen(cfg: StudyConfig, recipe: RecipeInputs, out: Path) -> None:
         if name != "in" and not (path / "rl_run.json").exists():
             run_rl(recipe.in_, t.tasks, path, settings, freeze=frozen or None, cuts=cfg.cuts, overwrite=True)
         model, processor = load(path)
-        results[name] = _evaluate_by_kind(evaluate, model, processor, items, cfg.eval.max_new_tokens)
+        # one answer length per item kind unless eval.max_new_tokens is set: as the eval stage does
+        results[name] = evaluate(model, processor, items, max_new_tokens=cfg.eval.max_new_tokens)
         write_responses(out / "items" / f"{name}.jsonl", name.upper(), results[name])
     df = pd.DataFrame(necessity_rows(results, "strict", t.seed))
     write_table(df, out / "necessity", columns=list(BUILD_COLUMNS))
