@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from frankenlab.arch.base import Adapter
 from frankenlab.errors import FrankenlabError, ProbeError
 from frankenlab.grading import grade
 from frankenlab.probe.hooks import skip_layers
@@ -137,7 +138,7 @@ class DegenerateRepetition(StoppingCriteria):
 
 
 
-def gold_logprobs(model: Any, processor: Any, adapter: Any, prompt: Prompt, gold: str, variants: Sequence[int],
+def gold_logprobs(model: Any, processor: Any, adapter: Adapter, prompt: Prompt, gold: str, variants: Sequence[int],
                   settings: AblationSettings) -> list[float]:
     """Mean log p(gold token | prompt, earlier gold tokens) for each variant (−1: none skipped)."""
     tok = tokenizer_of(processor)
@@ -177,7 +178,7 @@ def _generate_rows(model: Any, processor: Any, prompts: Sequence[Prompt], kwargs
     return texts, [bool(f) for f in fired]
 
 
-def ablate_items(model: Any, processor: Any, adapter: Any, items: Sequence[TaskItem], variants: Sequence[int],
+def ablate_items(model: Any, processor: Any, adapter: Adapter, items: Sequence[TaskItem], variants: Sequence[int],
                  settings: AblationSettings) -> list[dict[str, Any]]:
     """Per item: responses, correctness, degenerate stops and gold log-prob for every variant (keys str(variant)).
 
@@ -220,7 +221,7 @@ def _paired_drop(items: list[dict[str, Any]], k: str, settings: AblationSettings
     return low, high, mcnemar_exact(counts["n10"], counts["n01"]), counts["n10"] + counts["n01"]
 
 
-def ablation_table(records: list[dict[str, Any]], adapter: Any, variants: Sequence[int],
+def ablation_table(records: list[dict[str, Any]], adapter: Adapter, variants: Sequence[int],
                    settings: AblationSettings) -> pd.DataFrame:
     ok = [r for r in records if r.get("status") == "ok"]
     rows = []

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from frankenlab.arch.base import Adapter
 from frankenlab.errors import FrankenlabError, ProbeError
 from frankenlab.probe.hooks import record_attention
 from frankenlab.probe.kv_swap import image_token_id, marker_token_ids
@@ -97,7 +98,7 @@ class AttentionResult:
 
 
 
-def vision_shares(model: Any, processor: Any, adapter: Any, prompt: Prompt, response_ids: Sequence[int],
+def vision_shares(model: Any, processor: Any, adapter: Adapter, prompt: Prompt, response_ids: Sequence[int],
                   system_prompt: str | None = None) -> dict[str, np.ndarray]:
     """[layers, heads] arrays: "image", "image_markers" and "total" (mass over all keys, = 1)."""
     if not response_ids:
@@ -147,7 +148,7 @@ def _summ(values: list[float], settings: AttentionProbeSettings) -> tuple[float,
     return bootstrap_mean_ci(values, n_boot=settings.n_boot, seed=settings.seed)
 
 
-def attention_tables(records: list[dict[str, Any]], adapter: Any,
+def attention_tables(records: list[dict[str, Any]], adapter: Adapter,
                      settings: AttentionProbeSettings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(layers, heads, RL − IN diff) from item records."""
     ok = [r for r in records if r.get("status") == "ok"]
@@ -207,7 +208,7 @@ def load_attention_items(pairs: str | os.PathLike[str] | None, tasks: Sequence[s
     return load_math_tasks(list(tasks or ()), limit=limit, seed=seed)
 
 
-def _describe(m: str | os.PathLike[str] | ProbeModel) -> tuple[Any, str, str, dict[str, int]]:
+def _describe(m: str | os.PathLike[str] | ProbeModel) -> tuple[Adapter, str, str, dict[str, int]]:
     """(adapter, fingerprint, path, vocabulary) without loading weights."""
     adapter, fingerprint, path = describe_model(m)
     if isinstance(m, ProbeModel):

@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from frankenlab.arch.base import Adapter
 from frankenlab.errors import ProbeError
 from frankenlab.probe.hooks import VisualKV, capture_kv, swap_visual_kv
 from frankenlab.probe.run import append_tokens, repeat_rows
@@ -146,7 +147,7 @@ def layer_variants(n_layers: int, layers: Sequence[int] | None, mode: str) -> li
     raise ProbeError(f"unknown swap mode {mode!r}; use 'suffix' or 'single'.")
 
 
-def capture_source(model: Any, adapter: Any, inputs: dict[str, Any], positions: torch.Tensor) -> VisualKV:
+def capture_source(model: Any, adapter: Adapter, inputs: dict[str, Any], positions: torch.Tensor) -> VisualKV:
     """One source prefill (no cache kept, last-position logits only) → its image-token K/V per layer."""
     with torch.inference_mode(), capture_kv(model, adapter, positions) as kept:
         model(**inputs, use_cache=False, logits_to_keep=1)
@@ -214,7 +215,7 @@ def select_images(encoded: Any, index: Sequence[int]) -> Any | None:
     return type(encoded)(**out)
 
 
-def _encode_pair(model: Any, adapter: Any, target: dict[str, Any], source: dict[str, Any]) -> Any | None:
+def _encode_pair(model: Any, adapter: Adapter, target: dict[str, Any], source: dict[str, Any]) -> Any | None:
     """Target (image 0) and source (image 1) encoded in one vision pass; None: this family takes pixels."""
     with torch.inference_mode():
         encoded = adapter.image_features(model, repeat_rows([target, source]))
@@ -247,7 +248,7 @@ def _answer_ids(tok: Any, target: str, source: str) -> tuple[list[int], int, int
     return t[:k], t[k], s[k]
 
 
-def swap_pair(model: Any, processor: Any, adapter: Any, target_image: Image.Image, source_image: Image.Image,
+def swap_pair(model: Any, processor: Any, adapter: Adapter, target_image: Image.Image, source_image: Image.Image,
               prompt: str, target_answer: str, source_answer: str, settings: VisionProbeSettings, *,
               kind: str = "perception") -> SwapResult:
     """Answer `prompt` about the target with the source's image K/V swapped in, for every layer variant.

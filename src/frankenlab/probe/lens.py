@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from frankenlab.arch.base import Adapter
 from frankenlab.errors import FrankenlabError, ProbeError
 from frankenlab.probe.hooks import capture_residual
 from frankenlab.probe.run import ProbeModel, ProgressFn, describe_model, finish, open_model
@@ -85,7 +86,7 @@ class LensResult:
 
 
 # -- the lens ---------------------------------------------------------------------------------------
-def final_norm(model: Any, adapter: Any) -> Any:
+def final_norm(model: Any, adapter: Adapter) -> Any:
     """The text decoder's final norm: the adapter's path, else the known attribute paths of loaded models."""
     paths = [p for p in (getattr(adapter, "final_norm_path", None), *_NORM_PATHS) if p]
     for path in dict.fromkeys(paths):
@@ -103,7 +104,7 @@ def _lm_head(model: Any) -> Any:
     return head
 
 
-def lens_logprobs(model: Any, processor: Any, adapter: Any, prompts: Sequence[Prompt],
+def lens_logprobs(model: Any, processor: Any, adapter: Adapter, prompts: Sequence[Prompt],
                   system_prompt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(lens, real): float32 log-probs at the last prompt position, [batch, layers, vocab] and [batch, vocab].
 
@@ -146,7 +147,7 @@ def emergence_layer(top1: Sequence[bool]) -> int | None:
 
 
 
-def lens_items(model: Any, processor: Any, adapter: Any, items: Sequence[TaskItem],
+def lens_items(model: Any, processor: Any, adapter: Adapter, items: Sequence[TaskItem],
                settings: LensSettings) -> list[dict[str, Any]]:
     """Per item: the gold token and, per layer, its log-prob and rank; its emergence layer (one batched forward)."""
     tok = tokenizer_of(processor)
@@ -169,7 +170,7 @@ def _ok(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("status") == "ok"]
 
 
-def lens_tables(records: list[dict[str, Any]], adapter: Any, labels: Sequence[str],
+def lens_tables(records: list[dict[str, Any]], adapter: Adapter, labels: Sequence[str],
                 settings: LensSettings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
     """(layers, items, pair or None) from item records; task "all" pools every task."""
     ok = _ok(records)

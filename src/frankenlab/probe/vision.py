@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from frankenlab.arch.base import Adapter
 from frankenlab.errors import FrankenlabError, ProbeError
-from frankenlab.probe.answers import normalize, same_answer
+from frankenlab.grading.same import normalize, same_answer
 from frankenlab.probe.kv_swap import VisionProbeSettings, layer_variants, swap_pair
 from frankenlab.probe.run import (
     ProbeModel,
@@ -75,7 +76,7 @@ def _rate(flags: list[bool]) -> tuple[float, float, float]:
     return (k / n if n else float("nan")), low, high
 
 
-def vision_table(records: list[dict[str, Any]], adapter: Any, settings: VisionProbeSettings,
+def vision_table(records: list[dict[str, Any]], adapter: Adapter, settings: VisionProbeSettings,
                  n_layers: int) -> pd.DataFrame:
     """Tidy per task × layer table from item records (ok and failed)."""
     ok = [r for r in records if r.get("status") == "ok"]

@@ -284,7 +284,7 @@ def _boot_critical(flags: np.ndarray, n_boot: int, rng: np.random.Generator) -> 
 
 def _vision_flags(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[int], np.ndarray]]:
     """task → (decoder layers, [items, layers] flip-to-source flags) from the swap probe's item records."""
-    from frankenlab.probe.answers import normalize, same_answer
+    from frankenlab.grading.same import normalize, same_answer
 
     by_task: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:

@@ -207,9 +207,9 @@ def _eval_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, 
     evaluated, and removed."""
     import tempfile
 
-    from frankenlab.compat import load_processor
     from frankenlab.eval import evaluate
     from frankenlab.merge import assemble, merge
+    from frankenlab.runtime.load import load_processor
     from frankenlab.runtime.vllm import pick_backend
 
     backend = pick_backend(cfg.backend)

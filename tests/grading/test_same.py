@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from frankenlab.probe.answers import box_iou, normalize, same_answer
+from frankenlab.grading.same import box_iou, normalize, same_answer
 
 
 @pytest.mark.parametrize(("a", "b"), [
