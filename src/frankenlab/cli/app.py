@@ -139,8 +139,22 @@ def _tidy_help(cmd: Any) -> None:
     for p in cmd.params:
         if p.param_type_name == "argument" and p.metavar is None:
             p.metavar = p.name.upper()
+        if p.param_type_name == "argument" and hasattr(p, "_usage_display_name"):
+            # typer >= 0.2x writes required arguments as {NAME} in usage lines; a man page writes NAME
+            name = p.metavar or p.name.upper()
+            shown = name if p.required else f"[{name}]"
+            p._usage_display_name = lambda shown=shown, many=p.nargs != 1: shown + ("..." if many else "")
         elif p.param_type_name == "option" and getattr(p, "is_flag", False) and p.metavar is None:
             p.metavar = ""
+    make_help = cmd.get_help_option  # click builds --help per context, outside cmd.params
+
+    def help_option(ctx: Any, _make: Any = make_help) -> Any:
+        opt = _make(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+    cmd.get_help_option = help_option  # type: ignore[method-assign]
     for sub in getattr(cmd, "commands", {}).values():
         _tidy_help(sub)
 
