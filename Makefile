@@ -15,7 +15,7 @@ $(PY):
 # installs nothing more.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q "torch==2.13.0" || $(PY) -m pip install -q "torch>=2.4"
-	$(PY) -m pip install -q -e ".[dev,rl]"
+	$(PY) -m pip install -q -e ".[dev,rl,fast]"
 	touch $(STAMP)
 
 venv: $(STAMP)

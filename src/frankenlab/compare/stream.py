@@ -23,6 +23,7 @@ import torch
 
 from frankenlab.arch.base import Adapter, TensorInfo
 from frankenlab.checkpoint import Checkpoint
+from frankenlab.compare import fused
 from frankenlab.compare.metrics import (
     DEFAULT_SPARSITY_TOLS,
     DeltaFacts,
@@ -287,6 +288,17 @@ def _phase_record(facts: DeltaFacts, settings: SpectrumSettings) -> dict[str, An
     return rec
 
 
+def _fused_pass(after: torch.Tensor, before: torch.Tensor, tols: tuple[float, ...], ref: RunningStats,
+                stats: RunningStats, rel: RelativeCounts) -> None:
+    """Pass 1 in one compiled read (:mod:`frankenlab.compare.fused`), into the torch path's accumulators."""
+    f = fused.fused_stats(after, before, tols)
+    ref.sumsq, ref.numel = f.ref_sumsq, f.numel
+    stats.sumsq, stats.numel, stats.nonzero = f.sumsq, f.numel, f.nonzero
+    if f.numel:
+        stats.lo, stats.hi = f.lo, f.hi
+    rel.changed, rel.below_bf16, rel.numel = list(f.changed), f.below_bf16, f.numel
+
+
 def compare_tensor(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: SpectrumSettings, work: Workspace,
                    tols: tuple[float, ...] = DEFAULT_SPARSITY_TOLS, masks: MaskWriter | None = None) -> dict[str, Any]:
     """All phase metrics of one tensor (and cos(ΔIN, ΔRL) with a base), as a JSON-able record.
@@ -310,7 +322,11 @@ def compare_tensor(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: Spect
     dot_in_rl = 0.0
     try:
         with _stored(tp, ckpts) as stored:
-            for lo in range(0, n, _BLOCK):
+            one_read = (work.device.type == "cpu" and not has_base and not full and not bits
+                        and dtype == torch.float32 and fused.supports(*stored.values()))
+            if one_read:
+                _fused_pass(stored["rl"], stored["in"], tols, ref["rl"], stats["rl"], rel["rl"])
+            for lo in range(0, 0 if one_read else n, _BLOCK):
                 hi = min(n, lo + _BLOCK)
                 w_in = work.take("block_in", hi - lo, dtype).copy_(stored["in"][lo:hi])
                 d_in = None

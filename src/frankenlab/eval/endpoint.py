@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from frankenlab.errors import EvalError
+from frankenlab.io.store import JsonlStore
 
 __all__ = ["Endpoint", "JsonlCache", "image_data_url", "stable_key"]
 
@@ -90,33 +91,14 @@ class Endpoint:
         return content
 
 
-def _end_line(path: Path) -> None:
-    """Terminate a torn last line, so the next append starts on a line of its own."""
-    with path.open("rb+") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell() == 0:
-            return
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) != b"\n":
-            fh.write(b"\n")
-
-
 class JsonlCache:
-    """``{"key": ..., "value": ...}`` lines, appended and flushed one at a time; a torn last line is ignored."""
+    """``{"key": ..., "value": ...}`` lines (a :class:`frankenlab.io.store.JsonlStore`), each made durable as it is
+    put; a torn last line is dropped and that entry simply recomputed. ``path`` None keeps it in memory."""
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = Path(path) if path is not None else None
-        self._data: dict[str, Any] = {}
-        if self.path is not None and self.path.exists():
-            _end_line(self.path)
-            with self.path.open(encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # an interrupted write; that entry is simply recomputed
-                    if isinstance(row, dict) and "key" in row:
-                        self._data[row["key"]] = row.get("value")
+        self._store = JsonlStore(self.path, key=lambda r: r["key"]) if self.path is not None else None
+        self._data: dict[str, Any] = {r["key"]: r.get("value") for r in self._store} if self._store else {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._data
@@ -129,9 +111,8 @@ class JsonlCache:
 
     def put(self, key: str, value: Any) -> None:
         self._data[key] = value
-        if self.path is None:
+        if self._store is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")
-            fh.flush()
+        if key in self._store:
+            self._store.drop([key])
+        self._store.append([{"key": key, "value": value}])
