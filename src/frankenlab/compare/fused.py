@@ -9,13 +9,14 @@ float32 arithmetic as the torch path: Δ = f32(W_after) − f32(W_ref), |Δ| > f
 tolerance sweep, 0 < |Δ| < |W_ref|·2⁻⁸ for what bf16 absorbs. Sums of squares are float64 per chunk
 of :data:`CHUNK` entries, combined in chunk order, so the result does not depend on the thread count.
 
-``pip install 'frankenlab[fast]'`` brings numba; without it the torch path runs, with the same results
-(counts exactly, sums of squares to float64 rounding; tests compare the two).
+``pip install 'frankenlab[fast]'`` brings numba; without it (or with ``FRANKENLAB_FUSED=0``) the torch path
+runs, with the same results (counts exactly, sums of squares to float64 rounding; tests compare the two).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,8 @@ class FusedStats:
 
 
 def available() -> bool:
-    return numba is not None
+    """numba is installed and ``FRANKENLAB_FUSED`` is not ``0`` (the switch benchmarks use for the torch path)."""
+    return numba is not None and os.environ.get("FRANKENLAB_FUSED", "1") != "0"
 
 
 def supports(*tensors: torch.Tensor) -> bool:
