@@ -46,6 +46,10 @@ def eval_cmd(
                                                         "generation_config.json (always reported).")] = False,
     dtype: Annotated[str | None, typer.Option("--dtype", help="bf16, fp16, fp32 (default: as stored).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device_map: Annotated[str | None, typer.Option("--device-map", help="HF only: auto splits each model across "
+                                                   "the visible GPUs (and CPU) with accelerate, for a model larger "
+                                                   "than one GPU; needs --device auto. Answers do not depend on "
+                                                   "it.")] = None,
     tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", help="vLLM only.")] = 1,
     timeout: Annotated[float | None, typer.Option("--timeout", help="HF: seconds per generation batch; items of a "
                                                                     "batch that hits it are recorded as timeouts.")]
@@ -76,8 +80,16 @@ def eval_cmd(
     """Accuracy per task and setting, M_vis / M_v2r / M_rea with 95 % intervals, paired model comparisons."""
     from frankenlab.errors import EvalError
     from frankenlab.eval import Endpoint, EndpointDescriber, LLMJudge, LocalDescriber, ProgressEvent, evaluate
-    from frankenlab.eval.models import label_models
+    from frankenlab.eval.models import check_backend_device_map, label_models
     from frankenlab.runtime.generate import GenerationSettings
+
+    if device_map is not None:  # before any model or task is read
+        from frankenlab.runtime.devices import check_device_map
+
+        if device_map.strip().lower() != "auto":
+            raise EvalError(f"--device-map {device_map!r} is not understood; the only value is auto (or omit it).")
+        check_backend_device_map(backend, device_map)
+        check_device_map(device_map, device)
 
     # greedy main answers record neutral sampling fields, so that --samples' temperature / top-p / seed can
     # change between runs into one --out without the greedy records looking as if drawn otherwise
@@ -135,7 +147,8 @@ def eval_cmd(
                            tensor_parallel_size=tensor_parallel_size, timeout_s=timeout, n_boot=n_boot,
                            retry_failed=retry_failed, plots=plots, descriptions=desc_source, judge=judge,
                            overwrite=overwrite, progress=on_progress, samples=samples,
-                           sample_temperature=temperature, sample_top_p=top_p, sample_seed=gen_seed)
+                           sample_temperature=temperature, sample_top_p=top_p, sample_seed=gen_seed,
+                           **({"device_map": "auto"} if device_map is not None else {}))
     if quiet:
         return
     table = Table(title="Accuracy (95 % Wilson CI; failed items count as wrong)")

@@ -29,14 +29,32 @@ Layers = Annotated[str | None, typer.Option("--layers", help="Decoder layers (0-
 Limit = Annotated[int | None, typer.Option("--limit", help="Use only the first N items (per task).")]
 Dtype = Annotated[str | None, typer.Option("--dtype", help="Model dtype: bf16, fp16, fp32 (default: as stored).")]
 def _resolve_device(value: str) -> str:
+    """Checked here (a missing GPU fails before anything is read); `auto` stays `auto`, so that the loader can
+    tell it from an explicit device, which --device-map refuses."""
     from frankenlab.runtime.devices import resolve_device
 
-    return resolve_device(value)
+    resolved = resolve_device(value)
+    return "auto" if value.strip().lower() in ("auto", "") else resolved
 
 
 Device = Annotated[str, typer.Option("--device", callback=_resolve_device,
                                      help="auto (the GPU when there is one, in bf16 unless --dtype), cpu, cuda or "
                                           "cuda:N.")]
+DeviceMap = Annotated[str | None, typer.Option("--device-map", help="auto: split the model across the visible GPUs "
+                                                                    "(and CPU) with accelerate, for a model larger "
+                                                                    "than one GPU; needs --device auto. Results do "
+                                                                    "not depend on it.")]
+
+
+def _check_placement(device: str, device_map: str | None) -> None:
+    """--device-map's value and its pairing with --device, before any file is read or written."""
+    if device_map is None:
+        return
+    from frankenlab.runtime.devices import DeviceError, check_device_map
+
+    if device_map.strip().lower() != "auto":
+        raise DeviceError(f"--device-map {device_map!r} is not understood; the only value is auto (or omit it).")
+    check_device_map(device_map, device)
 MaxNew = Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Greedy answer length limit (default: "
                                                                            "per item kind, perception 256, reasoning "
                                                                            "1024).")]
@@ -91,6 +109,7 @@ def vision_cmd(
     limit: Limit = None,
     dtype: Dtype = None,
     device: Device = "auto",
+    device_map: DeviceMap = None,
     plots: Plots = True,
     overwrite: Overwrite = False,
     threads: Threads = None,
@@ -98,6 +117,7 @@ def vision_cmd(
 ) -> None:
     """Swap the image tokens' K/V with a source image's at layers ≥ L (or L only); change and flip rates."""
     apply_threads(threads)
+    _check_placement(device, device_map)
     from frankenlab.probe import VisionProbeSettings, parse_layers, run_vision_probe
     from frankenlab.probe.run import describe_model
 
@@ -107,7 +127,7 @@ def vision_cmd(
                                    **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
     with _progress("probe vision", "pairs", quiet) as (con, report):
         res = run_vision_probe(model, pairs, out, settings, limit=limit, dtype=dtype, device=device,
-                               overwrite=overwrite, plots=plots, progress=report)
+                               device_map=device_map, overwrite=overwrite, plots=plots, progress=report)
     if quiet:
         return
     pooled = res.layers[res.layers["task"] == "all"]
@@ -135,6 +155,7 @@ def ablate_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed for generated tasks and the bootstrap.")] = 0,
     dtype: Dtype = None,
     device: Device = "auto",
+    device_map: DeviceMap = None,
     plots: Plots = True,
     overwrite: Overwrite = False,
     threads: Threads = None,
@@ -142,6 +163,7 @@ def ablate_cmd(
 ) -> None:
     """Skip each decoder layer in turn; accuracy and gold-answer log-prob against the unablated model."""
     apply_threads(threads)
+    _check_placement(device, device_map)
     from frankenlab.probe import AblationSettings, parse_layers, run_ablation
     from frankenlab.probe.run import describe_model
 
@@ -152,7 +174,7 @@ def ablate_cmd(
                                 **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
     with _progress("probe ablate", "items", quiet) as (con, report):
         res = run_ablation(model, specs, out, settings, limit=limit, dtype=dtype, device=device,
-                           overwrite=overwrite, plots=plots, progress=report)
+                           device_map=device_map, overwrite=overwrite, plots=plots, progress=report)
     if quiet:
         return
     con.print(ablation_console_table(res.layers))
@@ -200,6 +222,7 @@ def attention_cmd(
     limit: Limit = None,
     dtype: Dtype = None,
     device: Device = "auto",
+    device_map: DeviceMap = None,
     plots: Plots = True,
     overwrite: Overwrite = False,
     threads: Threads = None,
@@ -207,6 +230,7 @@ def attention_cmd(
 ) -> None:
     """Share of response-token attention on image tokens per layer and head, IN vs RL, shared and own responses."""
     apply_threads(threads)
+    _check_placement(device, device_map)
     from frankenlab.probe import AttentionProbeSettings, run_attention_probe
 
     specs = [s.strip() for t in (tasks or []) for s in t.split(",") if s.strip()] or None
@@ -214,7 +238,8 @@ def attention_cmd(
                                       **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
     with _progress("probe attention", "model × item", quiet) as (con, report):
         res = run_attention_probe(in_, rl, out, settings, pairs=pairs, tasks=specs, limit=limit, dtype=dtype,
-                                  device=device, overwrite=overwrite, plots=plots, progress=report)
+                                  device=device, device_map=device_map, overwrite=overwrite, plots=plots,
+                                  progress=report)
     if quiet:
         return
     for mode, g in res.diff.groupby("mode", sort=False):
@@ -262,6 +287,7 @@ def kl_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed for generated tasks and the bootstrap.")] = 0,
     dtype: Dtype = None,
     device: Device = "auto",
+    device_map: DeviceMap = None,
     threads: Threads = None,
     plots: Plots = True,
     overwrite: Overwrite = False,
@@ -269,6 +295,7 @@ def kl_cmd(
 ) -> None:
     """Per-token KL between IN and RL on one shared response, by position class (prompt, image, reasoning, answer)."""
     apply_threads(threads)
+    _check_placement(device, device_map)
     from frankenlab.errors import ProbeError
     from frankenlab.probe.kl import KLSettings, run_kl
 
@@ -278,8 +305,8 @@ def kl_cmd(
     settings = KLSettings(response=response, top=top, batch_size=batch_size, system_prompt=system_prompt, seed=seed,
                           **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
     with _progress("probe kl", "items", quiet) as (con, report):
-        res = run_kl(in_, rl, specs, out, settings, limit=limit, dtype=dtype, device=device, overwrite=overwrite,
-                     plots=plots, progress=report)
+        res = run_kl(in_, rl, specs, out, settings, limit=limit, dtype=dtype, device=device, device_map=device_map,
+                     overwrite=overwrite, plots=plots, progress=report)
     if quiet:
         return
     for _, r in res.classes.iterrows():
@@ -309,6 +336,7 @@ def lens_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed for generated tasks and the bootstrap.")] = 0,
     dtype: Dtype = None,
     device: Device = "auto",
+    device_map: DeviceMap = None,
     threads: Threads = None,
     plots: Plots = True,
     overwrite: Overwrite = False,
@@ -317,13 +345,14 @@ def lens_cmd(
     """Logit lens at the last prompt token: per layer, the gold first token's log-prob, rank and top-1 share,
     and the layer where it emerges (one model, or IN vs RL paired)."""
     apply_threads(threads)
+    _check_placement(device, device_map)
     from frankenlab.probe.lens import LensSettings, run_lens, summary_lines
 
     specs = [s.strip() for t in tasks for s in t.split(",") if s.strip()]
     settings = LensSettings(batch_size=batch_size, system_prompt=system_prompt, seed=seed)
     with _progress("probe lens", "model × item", quiet) as (con, report):
         res = run_lens(specs, out, settings, model=model, in_model=in_, rl_model=rl, limit=limit, dtype=dtype,
-                       device=device, overwrite=overwrite, plots=plots, progress=report)
+                       device=device, device_map=device_map, overwrite=overwrite, plots=plots, progress=report)
     if quiet:
         return
     for line in summary_lines(res):

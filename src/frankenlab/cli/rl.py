@@ -32,18 +32,24 @@ def rl_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
     threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads for training (default 1: the run "
                                                                "is then bit-reproducible on one machine).")] = 1,
+    device: Annotated[str, typer.Option("--device", help="auto (the GPU when there is one), cpu, cuda or cuda:N; "
+                                                         "training is fp32 on every device.")] = "auto",
 ) -> None:
     """Run GRPO with a verifiable exact-match reward; frozen tensors are checked bit-identical on disk."""
     import json
 
     from frankenlab.rl import GRPOSettings, run_rl
+    from frankenlab.runtime.devices import resolve_device
+
+    device = resolve_device(device)  # a missing GPU fails before the model is read
 
     settings = GRPOSettings(steps=steps, lr=lr, prompts_per_step=prompts_per_step, num_generations=num_generations,
                             max_completion_length=max_completion_length, temperature=temperature, beta=beta,
                             seed=seed, reward=reward, threads=threads)
     con = Console(stderr=True)
-    with con.status(f"GRPO on {model}: {steps} steps" + (f", {freeze} frozen" if freeze else "")):
-        path = run_rl(model, tasks, out, settings, freeze=freeze, cuts=cuts, overwrite=overwrite)
+    with con.status(f"GRPO on {model}: {steps} steps" + (f", {freeze} frozen" if freeze else "")
+                    + ("" if device == "cpu" else f" on {device}")):
+        path = run_rl(model, tasks, out, settings, freeze=freeze, cuts=cuts, overwrite=overwrite, device=device)
     record = json.loads((path / "rl_run.json").read_text(encoding="utf-8"))
     rew = record["reward"]
     mean = rew["mean_reward"]

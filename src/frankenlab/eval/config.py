@@ -52,6 +52,8 @@ class EvalConfig(BaseModel):
     backend: Literal["auto", "hf", "vllm"] = Field("auto", description="auto: vLLM when installed with a GPU.")
     dtype: str | None = Field(None, description="Model dtype (bf16, fp16, fp32; None: as stored).")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N.")
+    device_map: Literal["auto"] | None = Field(None, description="HF only: auto splits each model across the visible "
+                                               "GPUs (accelerate); not in the answer key, answers do not depend on it.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
     timeout_s: float | None = Field(None, gt=0, description="HF: wall-clock limit per generation batch; items of "
                                                             "a batch that hits it are recorded as timeouts.")

@@ -29,7 +29,8 @@ from frankenlab.runtime.generate import (
     without_checkpoint_generation_config,
 )
 
-__all__ = ["ModelInfo", "in_memory_fingerprint", "label_models", "model_info", "open_backend"]
+__all__ = ["ModelInfo", "check_backend_device_map", "in_memory_fingerprint", "label_models", "model_info",
+           "open_backend"]
 
 ModelSource = Any  # str | os.PathLike | tuple[model, processor] | backend
 
@@ -145,6 +146,14 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_backend_device_map(backend: str, device_map: str | Mapping[str, Any] | None) -> None:
+    """A device map splits a model in the HF backend; vLLM has its own tensor parallelism, so the two do not mix."""
+    if device_map is not None and backend == "vllm":
+        raise EvalError("--device-map splits a model for the HF backend; vLLM splits it with its own tensor "
+                        "parallelism: use --backend vllm --tensor-parallel-size N, or --backend hf --device-map "
+                        "auto.")
+
+
 @contextlib.contextmanager
 def open_backend(label: str, source: ModelSource, cfg: EvalConfig) -> Iterator[tuple[Any, dict[str, Any]]]:
     """(backend, report) for one model; the report (backend, settings, generation_config) goes into run.json.
@@ -160,7 +169,10 @@ def open_backend(label: str, source: ModelSource, cfg: EvalConfig) -> Iterator[t
                        "max_new_tokens_by_kind": lengths_by_kind(source.settings)}
         return
     in_memory = isinstance(source, tuple)
-    kind = "hf" if in_memory else pick_backend(cfg.backend)
+    device_map = None if in_memory else getattr(cfg, "device_map", None)  # an in-memory model is placed already
+    check_backend_device_map(cfg.backend, device_map)
+    # a device map is the HF backend's way to split a model, so with one `auto` means HF
+    kind = "hf" if in_memory or device_map is not None else pick_backend(cfg.backend)
     if in_memory and cfg.backend == "vllm":
         raise EvalError(f"model {label!r} is in memory; vLLM loads checkpoints from disk. Use --backend hf, or "
                         "write the merged model to a directory first.")
@@ -180,13 +192,18 @@ def open_backend(label: str, source: ModelSource, cfg: EvalConfig) -> Iterator[t
     else:
         from frankenlab.runtime.load import load
 
-        model, processor = load(source, dtype=cfg.dtype, device=_device(cfg.device))
+        if device_map is not None:  # accelerate places the modules; `device` must be auto (checked by load)
+            model, processor = load(source, dtype=cfg.dtype, device=cfg.device, device_map=device_map)
+        else:
+            model, processor = load(source, dtype=cfg.dtype, device=_device(cfg.device))
     gen_config = _generation_config_dict(model=model)
     settings = effective_settings(cfg.generation, gen_config, cfg.use_generation_config)
     backend = _TimedHFBackend(model, processor, settings=settings, max_time=cfg.timeout_s,
                               checkpoint_eos=cfg.use_generation_config)
     report = {"backend": "hf", "generation": settings.to_dict(), "generation_config": gen_config,
               "max_new_tokens_by_kind": lengths_by_kind(settings)}
+    if device_map is not None:
+        report["device_map"] = device_map
     try:
         if cfg.use_generation_config:
             yield backend, report

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,8 +262,8 @@ def ablation_table(records: list[dict[str, Any]], adapter: Adapter, variants: Se
 
 def run_ablation(model: str | os.PathLike[str] | ProbeModel, tasks: Sequence[str], out: str | os.PathLike[str],
                  settings: AblationSettings | None = None, *, limit: int | None = None, dtype: str | None = None,
-                 device: str = "cpu", overwrite: bool = False, plots: bool = True,
-                 progress: ProgressFn | None = None) -> AblationResult:
+                 device: str | None = None, device_map: str | Mapping[str, Any] | None = None,
+                 overwrite: bool = False, plots: bool = True, progress: ProgressFn | None = None) -> AblationResult:
     """Ablate every decoder layer (plus the baseline) over the tasks, resumably, and write DIR."""
     from frankenlab.manifest import settings_key
     from frankenlab.probe.kv_swap import parse_layers
@@ -285,7 +285,7 @@ def run_ablation(model: str | os.PathLike[str] | ProbeModel, tasks: Sequence[str
         progress(done, len(items))
     pm: ProbeModel | None = model if isinstance(model, ProbeModel) else None
     if todo and pm is None:  # a finished run is only re-tabulated: no weights loaded
-        pm = open_model(model, dtype=dtype, device=device)
+        pm = open_model(model, dtype=dtype, device=device, device_map=device_map)
     per_group = max(1, settings.batch_size // len(variants))
     for start in range(0, len(todo), per_group):
         group = todo[start:start + per_group]
@@ -321,7 +321,8 @@ def run_ablation(model: str | os.PathLike[str] | ProbeModel, tasks: Sequence[str
     lengths = {k: resolve_max_new_tokens(settings.max_new_tokens, k) for k in sorted({item_kind(it) for it in items})}
     manifest = finish(
         out_dir, NAME, key, {"ablation_layers": (table, ABLATION_COLUMNS)},
-        manifest_args={**settings.model_dump(), "model": path, "tasks": list(tasks), "limit": limit},
+        manifest_args={**settings.model_dump(), "model": path, "tasks": list(tasks), "limit": limit,
+                       "device_map": device_map},
         inputs=inputs,
         extra={"n_items": len(items), "n_ok": len(records) - len(failed), "n_failed": len(failed),
                "failed": [{"id": r["key"], "error": r["error"]} for r in failed],

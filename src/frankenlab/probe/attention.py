@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -279,9 +279,9 @@ def _measure_chunk(pm: ProbeModel, label: str, chunk: Sequence[TaskItem], store:
 def run_attention_probe(in_model: str | os.PathLike[str] | ProbeModel, rl_model: str | os.PathLike[str] | ProbeModel,
                         out: str | os.PathLike[str], settings: AttentionProbeSettings | None = None, *,
                         pairs: str | os.PathLike[str] | None = None, tasks: Sequence[str] | None = None,
-                        limit: int | None = None, dtype: str | None = None, device: str = "cpu",
-                        overwrite: bool = False, plots: bool = True,
-                        progress: ProgressFn | None = None) -> AttentionResult:
+                        limit: int | None = None, dtype: str | None = None, device: str | None = None,
+                        device_map: str | Mapping[str, Any] | None = None, overwrite: bool = False,
+                        plots: bool = True, progress: ProgressFn | None = None) -> AttentionResult:
     """Measure both models on every item (IN first, one model in memory at a time) and write DIR."""
     from frankenlab.manifest import settings_key
     from frankenlab.probe.plots import attention_plots
@@ -316,7 +316,8 @@ def run_attention_probe(in_model: str | os.PathLike[str] | ProbeModel, rl_model:
             decoding[label] = probe_decoding(source if isinstance(source, ProbeModel) else None, path_of, lengths,
                                              out_dir, label)
             continue
-        pm = source if isinstance(source, ProbeModel) else open_model(source, dtype=dtype, device=device)
+        pm = source if isinstance(source, ProbeModel) else open_model(source, dtype=dtype, device=device,
+                                                                      device_map=device_map)
         decoding[label] = probe_decoding(pm, path_of, lengths, out_dir, label)
         for start in range(0, len(todo), settings.batch_size):
             chunk = todo[start:start + settings.batch_size]
@@ -336,7 +337,8 @@ def run_attention_probe(in_model: str | os.PathLike[str] | ProbeModel, rl_model:
         {"attention_layers": (layers, LAYER_COLUMNS), "attention_heads": (heads, HEAD_COLUMNS),
          "attention_diff": (diff, DIFF_COLUMNS)},
         manifest_args={**settings.model_dump(), "in": path_in, "rl": path_rl,
-                       "pairs": str(pairs) if pairs else None, "tasks": list(tasks or []), "limit": limit},
+                       "pairs": str(pairs) if pairs else None, "tasks": list(tasks or []), "limit": limit,
+                       "device_map": device_map},
         inputs=inputs,
         extra={"n_items": len(items), "n_failed": len(failed),
                "failed": [{"key": r["key"], "error": r["error"]} for r in failed],

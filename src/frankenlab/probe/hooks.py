@@ -186,11 +186,11 @@ def _skip_hook(rows: list[int] | None) -> Callable[..., Any]:
         hidden_in = args[0] if args else kwargs["hidden_states"]
         out = output[0] if isinstance(output, tuple) else output
         if rows is None:
-            new = hidden_in
+            new = hidden_in.to(out.device)  # a no-op unless the model is split across devices
         else:
             new = out.clone()
             index = torch.tensor(rows, device=out.device)
-            new[index] = hidden_in[index]
+            new[index] = hidden_in.to(out.device)[index]  # a split model's layer input may sit elsewhere
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     return hook

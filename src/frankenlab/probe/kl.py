@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -444,8 +444,9 @@ def _vocab_size(pm: ProbeModel) -> int:
 
 def run_kl(in_model: str | os.PathLike[str] | ProbeModel, rl_model: str | os.PathLike[str] | ProbeModel,
            tasks: Sequence[str], out: str | os.PathLike[str], settings: KLSettings | None = None, *,
-           limit: int | None = None, dtype: str | None = None, device: str = "cpu", overwrite: bool = False,
-           plots: bool = True, progress: ProgressFn | None = None) -> KLResult:
+           limit: int | None = None, dtype: str | None = None, device: str | None = None,
+           device_map: str | Mapping[str, Any] | None = None, overwrite: bool = False, plots: bool = True,
+           progress: ProgressFn | None = None) -> KLResult:
     """Per-token KL(RL‖IN) and KL(IN‖RL) on a shared response for every item, resumably, written to DIR."""
     from frankenlab.manifest import settings_key
 
@@ -475,8 +476,8 @@ def run_kl(in_model: str | os.PathLike[str] | ProbeModel, rl_model: str | os.Pat
     pm_rl: ProbeModel | None = rl_model if isinstance(rl_model, ProbeModel) else None
     pm_in: ProbeModel | None = in_model if isinstance(in_model, ProbeModel) else None
     if todo:  # a finished run is only re-tabulated: no weights loaded
-        pm_rl = pm_rl or open_model(rl_model, dtype=dtype, device=device)
-        pm_in = pm_in or open_model(in_model, dtype=dtype, device=device)
+        pm_rl = pm_rl or open_model(rl_model, dtype=dtype, device=device, device_map=device_map)
+        pm_in = pm_in or open_model(in_model, dtype=dtype, device=device, device_map=device_map)
         if _vocab_size(pm_rl) != _vocab_size(pm_in):
             raise ProbeError(f"IN's output vocabulary has {_vocab_size(pm_in)} entries and RL's {_vocab_size(pm_rl)}; "
                              "per-token KL needs the same vocabulary in both models.")
@@ -503,7 +504,7 @@ def run_kl(in_model: str | os.PathLike[str] | ProbeModel, rl_model: str | os.Pat
         {"kl_tokens": (tokens, TOKEN_COLUMNS), "kl_classes": (classes, CLASS_COLUMNS),
          "kl_items": (items_table, ITEM_COLUMNS), "kl_top": (top, TOP_COLUMNS)},
         manifest_args={**settings.model_dump(), "in": path_in, "rl": path_rl, "tasks": list(tasks), "limit": limit,
-                       "dtype": dtype},
+                       "dtype": dtype, "device_map": device_map},
         inputs=inputs,
         extra={"n_items": len(items), "n_ok": len(records) - len(failed), "n_failed": len(failed),
                "failed": [{"id": r["key"], "error": r["error"]} for r in failed],

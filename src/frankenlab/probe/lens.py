@@ -23,7 +23,7 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from frankenlab.probe.hooks import capture_residual
 from frankenlab.probe.run import ProbeModel, ProgressFn, describe_model, finish, open_model
 from frankenlab.probe.store import ItemStore
 from frankenlab.probe.tasks import load_math_tasks
+from frankenlab.runtime.devices import module_device
 from frankenlab.runtime.generate import Prompt, encode, to_model, tokenizer_of
 from frankenlab.stats import bootstrap_mean_ci, paired_bootstrap_diff, sign_flip_test, wilson_interval
 from frankenlab.tasks import TaskItem
@@ -119,8 +120,8 @@ def lens_logprobs(model: Any, processor: Any, adapter: Adapter, prompts: Sequenc
         if missing:
             raise ProbeError(f"decoder layers {missing} did not run in the forward pass; the lens needs every "
                              "layer's output.")
-        weight = next(head.parameters())
-        resid = torch.stack([s for s in slots if s is not None], dim=1).to(weight.device)
+        device = module_device(head)  # on a split model each layer's slot is on its layer's device
+        resid = torch.stack([s.to(device) for s in slots if s is not None], dim=1)
         lens = head(norm(resid))
     return torch.log_softmax(lens.float(), dim=-1), torch.log_softmax(real.float(), dim=-1)
 
@@ -319,7 +320,8 @@ def run_lens(tasks: Sequence[str], out: str | os.PathLike[str], settings: LensSe
              model: str | os.PathLike[str] | ProbeModel | None = None,
              in_model: str | os.PathLike[str] | ProbeModel | None = None,
              rl_model: str | os.PathLike[str] | ProbeModel | None = None, limit: int | None = None,
-             dtype: str | None = None, device: str = "cpu", overwrite: bool = False, plots: bool = True,
+             dtype: str | None = None, device: str | None = None,
+             device_map: str | Mapping[str, Any] | None = None, overwrite: bool = False, plots: bool = True,
              progress: ProgressFn | None = None) -> LensResult:
     """Logit lens of one model (``model``) or a pair (``in_model``, ``rl_model``) over the tasks; writes DIR.
 
@@ -358,7 +360,8 @@ def run_lens(tasks: Sequence[str], out: str | os.PathLike[str], settings: LensSe
             progress(done, total)
         if not todo:
             continue
-        pm = source if isinstance(source, ProbeModel) else open_model(source, dtype=dtype, device=device)
+        pm = source if isinstance(source, ProbeModel) else open_model(source, dtype=dtype, device=device,
+                                                                      device_map=device_map)
         # one batch holds prompts of one kind (text-only or with an image), so the processor sees a plain batch
         groups = [[it for it in todo if it.image is None], [it for it in todo if it.image is not None]]
         for group in groups:
@@ -384,7 +387,7 @@ def run_lens(tasks: Sequence[str], out: str | os.PathLike[str], settings: LensSe
     manifest = finish(
         out_dir, NAME, key, tables,
         manifest_args={**settings.model_dump(), **{k: described[k][2] for k in sources},
-                       "tasks": list(tasks), "limit": limit, "dtype": dtype},
+                       "tasks": list(tasks), "limit": limit, "dtype": dtype, "device_map": device_map},
         inputs=inputs,
         extra={"models": order, "n_items": len(items), "n_ok": len(ok), "n_failed": len(failed),
                "failed": [{"key": r["key"], "error": r["error"]} for r in failed],

@@ -45,15 +45,21 @@ class ProbeModel:
         return len(self.adapter.decoder_layers(self.model))
 
 
-def open_model(path: str | os.PathLike[str], *, dtype: str | None = None, device: str = "cpu",
-               attn_implementation: str | None = "sdpa") -> ProbeModel:
-    """Load model + processor; the adapter checks the family before the weights are read."""
+def open_model(path: str | os.PathLike[str], *, dtype: str | None = None, device: str | None = None,
+               attn_implementation: str | None = "sdpa", device_map: str | Mapping[str, Any] | None = None,
+               offload_folder: str | os.PathLike[str] | None = None) -> ProbeModel:
+    """Load model + processor; the adapter checks the family before the weights are read.
+
+    `device` None is the CPU; `device_map` (with `device` None or "auto") splits the model as
+    `runtime.load.load_model` does, and the probes' hooks and attention functions work on the split model.
+    """
     from frankenlab.checkpoint import Checkpoint
     from frankenlab.runtime.load import load
 
     with Checkpoint(path) as c:
         adapter, fingerprint, root = c.adapter, c.fingerprint, str(c.root)
-        model, processor = load(c, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        model, processor = load(c, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                                device_map=device_map, offload_folder=offload_folder)
     return ProbeModel(model, processor, adapter, fingerprint, root)
 
 

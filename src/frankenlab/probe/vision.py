@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,9 @@ def vision_table(records: list[dict[str, Any]], adapter: Adapter, settings: Visi
 
 def run_vision_probe(model: str | os.PathLike[str] | ProbeModel, pairs: str | os.PathLike[str],
                      out: str | os.PathLike[str], settings: VisionProbeSettings | None = None, *,
-                     limit: int | None = None, dtype: str | None = None, device: str = "cpu",
-                     overwrite: bool = False, plots: bool = True, progress: ProgressFn | None = None) -> VisionResult:
+                     limit: int | None = None, dtype: str | None = None, device: str | None = None,
+                     device_map: str | Mapping[str, Any] | None = None, overwrite: bool = False, plots: bool = True,
+                     progress: ProgressFn | None = None) -> VisionResult:
     """Run the swap probe on every pair (resuming finished ones) and write DIR's tables and plots."""
     from frankenlab.manifest import settings_key
     from frankenlab.probe.plots import vision_plots
@@ -147,7 +149,7 @@ def run_vision_probe(model: str | os.PathLike[str] | ProbeModel, pairs: str | os
         progress(done, len(rows))
     pm: ProbeModel | None = model if isinstance(model, ProbeModel) else None
     if todo and pm is None:  # a finished run is only re-tabulated: no weights loaded
-        pm = open_model(model, dtype=dtype, device=device)
+        pm = open_model(model, dtype=dtype, device=device, device_map=device_map)
     kinds = {row["id"]: kind_of(task=row["task"], meta=row["meta"]) for row in rows}
     for row in todo:
         assert pm is not None
@@ -181,7 +183,8 @@ def run_vision_probe(model: str | os.PathLike[str] | ProbeModel, pairs: str | os
     lengths = {k: resolve_max_new_tokens(settings.max_new_tokens, k) for k in sorted(set(kinds.values()))}
     manifest = finish(
         out_dir, NAME, key, {"vision_layers": (table, VISION_COLUMNS)},
-        manifest_args={**settings.model_dump(), "model": path, "pairs": str(pairs), "limit": limit},
+        manifest_args={**settings.model_dump(), "model": path, "pairs": str(pairs), "limit": limit,
+                       "device_map": device_map},
         inputs=inputs,
         extra={"n_items": len(rows), "n_ok": len(records) - len(failed), "n_failed": len(failed),
                "failed": [{"id": r["id"], "error": r["error"]} for r in failed], "n_resized": resized,

@@ -79,10 +79,12 @@ class GRPORun:
     frozen_params: int = 0
     reward: dict[str, Any] = field(default_factory=dict)
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    device: str = "cpu"  # where it trained: a GPU run is reproducible on that GPU, not bit-equal to a CPU one
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "settings": asdict(self.settings), "freeze": self.freeze, "n_frozen_tensors": len(self.frozen_names),
+            "settings": asdict(self.settings), "freeze": self.freeze, "device": self.device,
+            "n_frozen_tensors": len(self.frozen_names),
             "trainable_params": self.trainable_params, "frozen_params": self.frozen_params, "reward": self.reward,
             "log_history": self.log_history,
         }
@@ -201,12 +203,18 @@ def train_grpo(
     *,
     freeze: str | None = None,
     cuts: str | None = None,
+    device: str = "cpu",
 ) -> GRPORun:
     """Train ``model`` in place with GRPO and a verifiable exact-match reward; returns what happened.
 
     ``freeze`` is a region spec (``early``, ``mid``, ``late``, ``vision``, ``llm:2-3``, ...) resolved by
     the model's adapter; frozen parameters get ``requires_grad=False`` and never reach the optimizer.
+    ``device``: "cpu" (bit-reproducible on one machine), "auto" (the GPU when there is one), "cuda",
+    "cuda:N"; training stays fp32 on every device.
     """
+    from frankenlab.runtime.devices import resolve_device
+
+    device = resolve_device(device)
     try:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
         from trl import GRPOConfig, GRPOTrainer
@@ -217,7 +225,7 @@ def train_grpo(
     from frankenlab.freeze.spec import kept_requires_grad
 
     settings = settings or GRPOSettings()
-    run = GRPORun(settings=settings, freeze=freeze)
+    run = GRPORun(settings=settings, freeze=freeze, device=device)
     keep = contextlib.ExitStack()
     keep.enter_context(kept_requires_grad(model))  # the caller's model leaves as it came, frozen or not
     try:
@@ -234,12 +242,14 @@ def train_grpo(
         dataset = rl_dataset(items, block=settings.prompts_per_step, seed=settings.seed)
         with (
             tempfile.TemporaryDirectory(prefix="frankenlab-grpo-") as work,
+            _on_device(device),
             deterministic(settings.threads),
             _left_padded(processor),
             quiet_transformers(),
         ):
             trainer = GRPOTrainer(
-                model=model, reward_funcs=[reward], args=_grpo_config(GRPOConfig, settings, work, processor, model),
+                model=model, reward_funcs=[reward],
+                args=_grpo_config(GRPOConfig, settings, work, processor, model, use_cpu=device == "cpu"),
                 train_dataset=dataset, processing_class=processor,
             )
             # The library logs; printing belongs to the CLI.
@@ -254,8 +264,26 @@ def train_grpo(
     return run
 
 
-def _grpo_config(config_cls: Any, settings: GRPOSettings, work: str, processor: Any, model: Any) -> Any:
-    """TRL's config for a small, CPU, deterministic run that saves and prints nothing."""
+@contextlib.contextmanager
+def _on_device(device: str) -> Iterator[None]:
+    """On a GPU: cuBLAS gets the workspace that deterministic kernels need (set before its first use, kept
+    afterwards), and `cuda:N` is the current GPU for the block, since the trainer trains on the current one
+    (plain `cuda` leaves the current GPU alone, which `accelerate launch` sets per process)."""
+    if device == "cpu":
+        yield
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    index = torch.device(device).index
+    with torch.cuda.device(index) if index is not None else contextlib.nullcontext():
+        yield
+
+
+def _grpo_config(config_cls: Any, settings: GRPOSettings, work: str, processor: Any, model: Any,
+                 use_cpu: bool = True) -> Any:
+    """TRL's config for a small, deterministic run (CPU unless ``use_cpu`` is False) that saves and prints
+    nothing."""
     return config_cls(
         output_dir=work,
         max_steps=settings.steps,
@@ -271,7 +299,7 @@ def _grpo_config(config_cls: Any, settings: GRPOSettings, work: str, processor: 
         seed=settings.seed,
         data_seed=settings.seed,
         shuffle_dataset=False,  # rl_dataset's seeded block order keeps image and text prompts apart
-        use_cpu=True,
+        use_cpu=use_cpu,
         bf16=False,
         fp16=False,
         gradient_checkpointing=False,
@@ -295,12 +323,14 @@ def run_rl(
     freeze: str | None = None,
     cuts: str | None = None,
     overwrite: bool = False,
+    device: str = "cpu",
 ) -> Path:
     """Load a checkpoint, run GRPO on task files (JSONL/Parquet, :mod:`frankenlab.tasks` format), save
     atomically, and prove the freeze held.
 
     Writes ``out_dir`` as a Hugging Face directory (model + processor) with ``rl_run.json`` (settings,
     reward counts, log history, freeze verification). Nothing is left behind when any step fails.
+    ``device`` as :func:`train_grpo` ("cpu" by default; the CLI's ``--device auto`` is the GPU when present).
     """
     from frankenlab.runtime.load import load
     from frankenlab.tasks import load_tasks
@@ -315,7 +345,7 @@ def run_rl(
     with quiet_transformers():
         model, processor = load(model_dir, attn_implementation="eager")
     model.float()
-    run = train_grpo(model, processor, items, settings, freeze=freeze, cuts=cuts)
+    run = train_grpo(model, processor, items, settings, freeze=freeze, cuts=cuts, device=device)
     state = _multi_process_state()
     if state is not None and not state.is_main_process:
         # torchrun / accelerate launch with N > 1: every rank holds the same weights; only the main one saves

@@ -171,12 +171,17 @@ def encode(processor: Any, prompts: Sequence[Prompt], system_prompt: str | None 
 
 
 def to_model(model: Any, batch: Any) -> dict[str, Any]:
+    """The batch's tensors on the device the model reads inputs on (its input embeddings', also on a model split
+    by a device_map), floating ones in the model's dtype."""
     import torch
 
+    from frankenlab.runtime.devices import input_device
+
+    device = input_device(model)
     out: dict[str, Any] = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
-            value = value.to(model.device)
+            value = value.to(device)
             if value.is_floating_point():
                 value = value.to(model.dtype)
         out[key] = value

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from frankenlab.checkpoint import Checkpoint
@@ -55,17 +55,28 @@ def resolve_torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
 
 
 def load_model(path: str | os.PathLike[str] | Checkpoint, *, dtype: str | torch.dtype | None = None,
-               device: str | torch.device = "cpu", attn_implementation: str | None = None) -> PreTrainedModel:
+               device: str | torch.device | None = None, attn_implementation: str | None = None,
+               device_map: str | Mapping[str, Any] | None = None,
+               offload_folder: str | os.PathLike[str] | None = None) -> PreTrainedModel:
     """Load a checkpoint directory (or an open Checkpoint) as a transformers model in eval mode.
 
-    `device="auto"` is the GPU when there is one (`runtime.devices`); `dtype=None` keeps the stored dtype on
-    the CPU and means bf16 on a GPU; `attn_implementation` is passed through ("eager", "sdpa", ...).
+    `device="auto"` is the GPU when there is one (`runtime.devices`); None is the CPU. `dtype=None` keeps the
+    stored dtype on the CPU and means bf16 on a GPU; `attn_implementation` is passed through ("eager",
+    "sdpa", ...). `device_map` ("auto", or module name -> device, "disk" offloading into `offload_folder`)
+    lets accelerate place the modules instead, for a model larger than one GPU; `device` must then be None or
+    "auto", and inputs go to `runtime.devices.input_device(model)`.
     """
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from frankenlab.runtime.devices import default_dtype, resolve_device
+    from frankenlab.runtime.devices import check_device_map, default_dtype, placement_device, resolve_device
 
-    if not hasattr(device, "type"):  # a torch.device is taken as it is
+    placement = check_device_map(device_map, None if device is None else str(device))
+    if placement is not None:
+        dtype = default_dtype(placement_device(placement), dtype) if isinstance(dtype, str) or dtype is None \
+            else dtype
+    elif device is None:
+        device = "cpu"
+    elif not hasattr(device, "type"):  # a torch.device is taken as it is
         device = resolve_device(str(device))
         dtype = default_dtype(device, dtype) if isinstance(dtype, str) or dtype is None else dtype
     root, has_vision = _root_and_vision(path)
@@ -73,12 +84,16 @@ def load_model(path: str | os.PathLike[str] | Checkpoint, *, dtype: str | torch.
     kwargs: dict[str, Any] = {"dtype": resolve_torch_dtype(dtype), "local_files_only": True}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if placement is not None:
+        kwargs["device_map"] = placement
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
     try:
         with hf_progress_off():
             model = cls.from_pretrained(root, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"transformers cannot load {root} with {cls.__name__} ({exc}).") from exc
-    if str(device) != "cpu":
+    if placement is None and str(device) != "cpu":
         model = model.to(device)
     model.eval()
     return model
@@ -102,7 +117,10 @@ def load_processor(path: str | os.PathLike[str] | Checkpoint) -> Any:
 
 
 def load(path: str | os.PathLike[str] | Checkpoint, *, dtype: str | torch.dtype | None = None,
-         device: str | torch.device = "cpu", attn_implementation: str | None = None) -> tuple[PreTrainedModel, Any]:
-    """(model, processor) of a checkpoint directory."""
-    return (load_model(path, dtype=dtype, device=device, attn_implementation=attn_implementation),
+         device: str | torch.device | None = None, attn_implementation: str | None = None,
+         device_map: str | Mapping[str, Any] | None = None,
+         offload_folder: str | os.PathLike[str] | None = None) -> tuple[PreTrainedModel, Any]:
+    """(model, processor) of a checkpoint directory (arguments as `load_model`)."""
+    return (load_model(path, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                       device_map=device_map, offload_folder=offload_folder),
             load_processor(path))

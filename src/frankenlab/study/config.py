@@ -140,6 +140,9 @@ class StudyConfig(_Frozen):
     backend: Literal["auto", "hf", "vllm"] = "auto"
     device: str = Field("auto", description="auto (the GPU when there is one, bf16 there), cpu, cuda or cuda:N; "
                         "every stage.")
+    device_map: Literal["auto"] | None = Field(None, description="auto: the probes and the HF eval split each model "
+                                               "across the visible GPUs (accelerate), for a model larger than one "
+                                               "GPU; null: one device. No result depends on it.")
     stages: list[str] = Field(default_factory=lambda: list(STAGES))
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch CPU threads for every stage (default: "
@@ -152,6 +155,16 @@ class StudyConfig(_Frozen):
         if bad:
             raise ValueError(f"unknown stage(s) {bad}; available: {', '.join(STAGES)}")
         return v
+
+    @model_validator(mode="after")
+    def _placement(self) -> StudyConfig:
+        if self.device_map is not None and self.device.strip().lower() != "auto":
+            raise ValueError(f"device_map: {self.device_map} places every model itself; it needs device: auto, not "
+                             f"{self.device!r} (or drop device_map)")
+        if self.device_map is not None and self.backend == "vllm":
+            raise ValueError("device_map splits models for the HF backend; vLLM has its own tensor parallelism: use "
+                             "backend: hf (or auto) with device_map, or drop device_map")
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> StudyConfig:

@@ -88,7 +88,7 @@ def _vision_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str
 
     settings = VisionProbeSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed)
     for role, path in _role_paths(recipe).items():
-        run_vision_probe(path, pairs_path(cfg), out / role, settings, limit=cfg.probe.n_per_task, device=_device(cfg))
+        run_vision_probe(path, pairs_path(cfg), out / role, settings, limit=cfg.probe.n_per_task, **_placement(cfg))
 
 
 CONTROL_NAME = "perception_control"
@@ -124,7 +124,7 @@ def _ablate_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str
         tasks.append(control)
     settings = AblationSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed)
     for role, path in _role_paths(recipe).items():
-        run_ablation(path, tasks, out / role, settings, limit=cfg.probe.ablate_limit, device=_device(cfg))
+        run_ablation(path, tasks, out / role, settings, limit=cfg.probe.ablate_limit, **_placement(cfg))
 
 
 def _attention_applicable(cfg: StudyConfig, recipe: RecipeInputs) -> str | None:
@@ -138,7 +138,7 @@ def _attention_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[
 
     settings = AttentionProbeSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed)
     run_attention_probe(recipe.in_, recipe.rl, out, settings, pairs=pairs_path(cfg), limit=cfg.probe.n_per_task,
-                        device=_device(cfg))
+                        **_placement(cfg))
 
 
 def behaviour_tasks(cfg: StudyConfig) -> list[str]:
@@ -167,7 +167,7 @@ def _kl_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, st
     settings = KLSettings(max_new_tokens=cfg.probe.max_new_tokens, seed=cfg.probe.seed,
                           system_prompt=cfg.probe.system_prompt)
     run_kl(recipe.in_, recipe.rl, behaviour_tasks(cfg), out, settings, limit=cfg.probe.behaviour_limit,
-           device=_device(cfg))
+           **_placement(cfg))
 
 
 def _lens_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, str]) -> None:
@@ -175,13 +175,20 @@ def _lens_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, 
 
     settings = LensSettings(seed=cfg.probe.seed, system_prompt=cfg.probe.system_prompt)
     run_lens(behaviour_tasks(cfg), out, settings, in_model=recipe.in_, rl_model=recipe.rl,
-             limit=cfg.probe.behaviour_limit, device=_device(cfg))
+             limit=cfg.probe.behaviour_limit, **_placement(cfg))
 
 
 def _device(cfg: StudyConfig) -> str:
     from frankenlab.runtime.devices import resolve_device
 
     return resolve_device(cfg.device)
+
+
+def _placement(cfg: StudyConfig) -> dict[str, Any]:
+    """Where the probes load a model: the study's device, or (device_map) accelerate's split with device auto."""
+    if cfg.device_map is None:
+        return {"device": _device(cfg)}
+    return {"device": "auto", "device_map": cfg.device_map}
 
 
 # -- merge + eval ------------------------------------------------------------------------------
@@ -212,10 +219,12 @@ def _eval_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, 
     from frankenlab.runtime.load import load_processor
     from frankenlab.runtime.vllm import pick_backend
 
-    backend = pick_backend(cfg.backend)
+    # a device map is the HF backend's way to split a model (config refuses it with vllm), so auto means HF then
+    backend = "hf" if cfg.device_map is not None else pick_backend(cfg.backend)
+    placement = {"device": cfg.device, **({"device_map": cfg.device_map} if cfg.device_map is not None else {})}
     tasks = cfg.eval.tasks or builtin_tasks(cfg)
     common = dict(settings=cfg.eval.settings, limit=cfg.eval.limit, seed=cfg.eval.seed,
-                  system_prompt=cfg.eval.system_prompt, backend=backend)
+                  system_prompt=cfg.eval.system_prompt, backend=backend, **placement)
     gen = {"max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size}
     from frankenlab.runtime.generate import GenerationSettings
 
@@ -223,7 +232,7 @@ def _eval_run(cfg: StudyConfig, recipe: RecipeInputs, out: Path, fps: dict[str, 
     recipes = variant_recipes(cfg)
     e = cfg.eval
     passk = dict(settings=e.sample_settings, limit=e.sample_limit or e.limit, seed=e.seed,
-                 system_prompt=e.system_prompt, backend=backend, samples=e.samples,
+                 system_prompt=e.system_prompt, backend=backend, **placement, samples=e.samples,
                  sample_temperature=e.sample_temperature, sample_top_p=e.sample_top_p, sample_seed=e.seed)
 
     def run(label: str, model: Any) -> None:
