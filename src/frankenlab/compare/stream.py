@@ -157,21 +157,14 @@ def plan_comparison(ckpts: dict[str, Checkpoint]) -> ComparePlan:
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' → the first CUDA GPU when there is one, else CPU; anything else must exist."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """:func:`frankenlab.runtime.devices.resolve_device` (one rule for every command), as a CompareError."""
+    from frankenlab.runtime.devices import DeviceError
+    from frankenlab.runtime.devices import resolve_device as resolve
+
     try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise CompareError(f"device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CompareError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CompareError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible.")
-    elif dev.type != "cpu":
-        raise CompareError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N.")
-    return dev
+        return torch.device(resolve(device))
+    except DeviceError as exc:
+        raise CompareError(str(exc)) from exc
 
 
 @contextlib.contextmanager
