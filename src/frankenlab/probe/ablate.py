@@ -41,6 +41,7 @@ from frankenlab.probe.run import (
     append_tokens,
     describe_model,
     finish,
+    load_dtype,
     open_model,
     probe_decoding,
     repeat_rows,
@@ -275,7 +276,8 @@ def run_ablation(model: str | os.PathLike[str] | ProbeModel, tasks: Sequence[str
     layers = parse_layers(",".join(map(str, settings.layers)) if settings.layers else None, adapter.n_llm_layers)
     variants = [-1, *(range(adapter.n_llm_layers) if layers is None else layers)]
     inputs = {"model": fingerprint, **sources}
-    key = settings_key({"settings": settings.model_dump(), "inputs": inputs, "limit": limit, "dtype": dtype})
+    key = settings_key({"settings": settings.model_dump(), "inputs": inputs, "limit": limit,
+                        "dtype": load_dtype(dtype, device, device_map)})
     out_dir = Path(out)
     store = ItemStore(out_dir, NAME, key, overwrite=overwrite,
                       final_names=("ablation_layers.csv", "ablation_layers.parquet"))

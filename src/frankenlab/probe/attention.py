@@ -39,6 +39,7 @@ from frankenlab.probe.run import (
     file_digest,
     finish,
     first_per_task,
+    load_dtype,
     open_model,
     probe_decoding,
 )
@@ -299,7 +300,8 @@ def run_attention_probe(in_model: str | os.PathLike[str] | ProbeModel, rl_model:
     if vocab_in != vocab_rl:
         raise ProbeError("IN and RL have different tokenizers; a shared response would not be the same tokens.")
     inputs = {"IN": fp_in, "RL": fp_rl, **sources}
-    key = settings_key({"settings": settings.model_dump(), "inputs": inputs, "limit": limit, "dtype": dtype})
+    key = settings_key({"settings": settings.model_dump(), "inputs": inputs, "limit": limit,
+                        "dtype": load_dtype(dtype, device, device_map)})
     out_dir = Path(out)
     store = ItemStore(out_dir, NAME, key, overwrite=overwrite, final_names=tuple(
         f"attention_{t}.{ext}" for t in ("layers", "heads", "diff") for ext in ("csv", "parquet")))

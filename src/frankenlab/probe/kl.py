@@ -46,6 +46,7 @@ from frankenlab.probe.run import (
     append_tokens,
     describe_model,
     finish,
+    load_dtype,
     open_model,
     probe_decoding,
 )
@@ -462,7 +463,7 @@ def run_kl(in_model: str | os.PathLike[str] | ProbeModel, rl_model: str | os.Pat
                          "the KL probe needs two checkpoints of one model (same tokenizer files).")
     inputs = {"IN": fp_in, "RL": fp_rl, **sources}
     key = settings_key({"settings": settings.model_dump(exclude={"top"}), "inputs": inputs, "limit": limit,
-                        "dtype": dtype})
+                        "dtype": load_dtype(dtype, device, device_map)})
     out_dir = Path(out)
     store = ItemStore(out_dir, NAME, key, overwrite=overwrite, final_names=tuple(
         f"kl_{t}.{ext}" for t in ("tokens", "classes", "items", "top") for ext in ("csv", "parquet")))

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from frankenlab.arch.base import Adapter
 from frankenlab.errors import FrankenlabError, ProbeError
 from frankenlab.probe.hooks import capture_residual
-from frankenlab.probe.run import ProbeModel, ProgressFn, describe_model, finish, open_model
+from frankenlab.probe.run import ProbeModel, ProgressFn, describe_model, finish, load_dtype, open_model
 from frankenlab.probe.store import ItemStore
 from frankenlab.probe.tasks import load_math_tasks
 from frankenlab.runtime.devices import module_device
@@ -347,7 +347,8 @@ def run_lens(tasks: Sequence[str], out: str | os.PathLike[str], settings: LensSe
         labels = {"model": Path(str(path)).name or str(path)}
     adapter = next(iter(described.values()))[0]
     inputs = {labels[k]: fp for k, (_, fp, _) in described.items()} | task_digests
-    key = settings_key({"settings": settings.model_dump(), "inputs": inputs, "limit": limit, "dtype": dtype})
+    key = settings_key({"settings": settings.model_dump(), "inputs": inputs, "limit": limit,
+                        "dtype": load_dtype(dtype, device, device_map)})
     out_dir = Path(out)
     store = ItemStore(out_dir, NAME, key, overwrite=overwrite, final_names=tuple(
         f"lens_{t}.{ext}" for t in ("layers", "items", "pair") for ext in ("csv", "parquet")))

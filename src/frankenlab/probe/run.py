@@ -63,6 +63,14 @@ def open_model(path: str | os.PathLike[str], *, dtype: str | None = None, device
     return ProbeModel(model, processor, adapter, fingerprint, root)
 
 
+def load_dtype(dtype: str | None, device: str | None = "cpu", device_map: Any = None) -> str | None:
+    """The dtype :func:`open_model` loads in (bf16 by default on a GPU): what resume keys must record, so a
+    GPU run and a CPU run of the same settings never share results."""
+    from frankenlab.runtime.devices import default_dtype, placement_device, resolve_device
+
+    return default_dtype(placement_device(device_map) if device_map is not None else resolve_device(device), dtype)
+
+
 def describe_model(m: str | os.PathLike[str] | ProbeModel) -> tuple[Adapter, str, str]:
     """(adapter, fingerprint, path) from config and headers only: validate and key a run before loading weights."""
     if isinstance(m, ProbeModel):

@@ -41,6 +41,7 @@ from frankenlab.probe.run import (
     file_digest,
     finish,
     first_per_task,
+    load_dtype,
     open_model,
     probe_decoding,
 )
@@ -139,7 +140,8 @@ def run_vision_probe(model: str | os.PathLike[str] | ProbeModel, pairs: str | os
     if settings.layers is not None and max(settings.layers, default=0) >= n_layers:
         raise FrankenlabError(f"layers {settings.layers} exceed the model's {n_layers} decoder layers.")
     inputs = {"model": fingerprint, "pairs": file_digest(pairs)}
-    key = settings_key({"settings": settings.model_dump(), "inputs": inputs, "limit": limit, "dtype": dtype})
+    key = settings_key({"settings": settings.model_dump(), "inputs": inputs, "limit": limit,
+                        "dtype": load_dtype(dtype, device, device_map)})
     out_dir = Path(out)
     store = ItemStore(out_dir, NAME, key, overwrite=overwrite,
                       final_names=("vision_layers.csv", "vision_layers.parquet"))
