@@ -121,7 +121,8 @@ def run_stage(spec: StageSpec, cfg: StudyConfig, recipe: RecipeInputs, fingerpri
     except Exception as exc:  # noqa: BLE001 - a failing stage is recorded, and the study goes on
         seconds = time.perf_counter() - t0
         write_text(error_file, "".join(traceback.format_exception(exc)))
-        log.error("stage %s (%s) failed: %s", spec.name, recipe.name, exc)
+        # logged when nobody listens; a listener (the CLI's printer) reports the outcome itself, once
+        (log.debug if on_event else log.error)("stage %s (%s) failed: %s", spec.name, recipe.name, exc)
         outcome = StageOutcome(spec.name, recipe.name, "failed", seconds, str(out_dir), f"{type(exc).__name__}: {exc}")
     else:
         seconds = time.perf_counter() - t0
