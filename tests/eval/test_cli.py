@@ -82,6 +82,7 @@ def test_eval_takes_a_generated_task_by_name(setup, capsys, tmp_path):
     code, _, err = _run(argv, capsys)
     assert code == 0, err
     items = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines()]
-    generated = {it.id: it for it in make_split(100, 0, families=["count"], split="test")}
+    generated = {it.id: it for it in make_split(3, 0, families=["count"], split="test")}  # --limit 3 makes 3
     assert len(items) == 3 and {r["task"] for r in items} == {"miniworld_count"}
+    assert {r["item_id"] for r in items} == set(generated)
     assert all(r["item_id"] in generated and r["answer"] == generated[r["item_id"]].answer for r in items)

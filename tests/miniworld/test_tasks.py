@@ -255,3 +255,8 @@ def test_count_answers_are_balanced() -> None:
     shares = {a: answers.count(a) / len(answers) for a in set(answers)}
     assert set(shares) == {"0", "1", "2", "3", "4", "5"}
     assert max(shares.values()) < 0.3, f"one count answer dominates: {shares}"
+
+
+def test_generated_text_arith_beyond_its_distinct_items_repeats_with_a_warning(caplog) -> None:
+    (task,) = load_tasks("miniworld:text_arith", n_generated=600)
+    assert len(task.items) == 600 and "repeats allowed" in caplog.text

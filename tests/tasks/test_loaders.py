@@ -205,3 +205,11 @@ def test_registered_generator_loads_by_prefix():
     assert generator_for("no-such-prefix:x") is None and generator_for("a.jsonl") is None
     with pytest.raises(TaskError, match="already a built-in"):
         register_generator(GeneratedTaskSpec("gsm8k", make, (), "clash"))
+
+
+def test_a_directory_does_not_shadow_a_task_name(tmp_path, monkeypatch):
+    """A `miniworld/` build folder in the working directory leaves `--tasks miniworld` the generated task."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "miniworld").mkdir()
+    (task,) = load_tasks("miniworld", n_generated=2)
+    assert task.name == "miniworld_text_arith" and len(task.items) == 2

@@ -121,12 +121,12 @@ def _models(models: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
     return dict(label_models([str(m) for m in models]))
 
 
-def _tasks(tasks: Any, load_dataset: Callable[..., Any] | None) -> list[Task]:
+def _tasks(tasks: Any, load_dataset: Callable[..., Any] | None, limit: int | None = None) -> list[Task]:
     if isinstance(tasks, Task):
         return [tasks]
     if isinstance(tasks, Sequence) and not isinstance(tasks, str) and all(isinstance(t, Task) for t in tasks):
         return list(tasks)
-    return load_tasks(tasks, load_dataset=load_dataset)
+    return load_tasks(tasks, load_dataset=load_dataset, n_generated=limit)  # a generated task makes --limit items
 
 
 #: What an evaluation writes into its output directory (glob patterns); anything else there is not ours.
@@ -299,7 +299,7 @@ def evaluate(models: Mapping[str, Any] | Sequence[str], tasks: Any, settings: st
     """
     cfg = _config(config, settings, overrides)
     sources = _models(models)
-    selected = [t.subsample(cfg.limit, cfg.seed) for t in _tasks(tasks, load_dataset)]
+    selected = [t.subsample(cfg.limit, cfg.seed) for t in _tasks(tasks, load_dataset, cfg.limit)]
     out = Path(out_dir)
     prev = _prepare_out(out, overwrite)
     selection = {t.name: t.ids() for t in selected}

@@ -145,7 +145,9 @@ def parse_task_specs(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[
 
 
 def _is_file_spec(spec: str) -> bool:
-    return spec.endswith((".jsonl", ".json", ".parquet")) or Path(spec).exists()
+    """A task file by its suffix or because it is one; a *directory* named like a task (a `miniworld/`
+    build folder in the working directory) does not shadow the built-in or generated name."""
+    return spec.endswith((".jsonl", ".json", ".parquet")) or Path(spec).is_file()
 
 
 def load_generated(spec: str, *, n: int | None = None, seed: int = 0, name: str | None = None) -> Task | None:

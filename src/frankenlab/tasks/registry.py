@@ -149,7 +149,11 @@ def _discover() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name.lower() in _GENERATORS:
             continue
-        spec = ep.load()
+        try:
+            spec = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin names itself instead of failing obscurely
+            raise TaskError(f"the generated-task entry point {ep.name!r} ({ep.value}) cannot be loaded "
+                            f"({type(exc).__name__}: {exc}); reinstall the package that provides it.") from exc
         if not isinstance(spec, GeneratedTaskSpec):
             raise TaskError(f"entry point {ep.value} ({ENTRY_POINT_GROUP}) is a {type(spec).__name__}, not a "
                             "GeneratedTaskSpec.")
