@@ -24,10 +24,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHUNK", "FusedStats", "available", "fused_stats", "supports"]
+__all__ = ["CHUNK", "FusedAccumulator", "FusedStats", "available", "fused_stats", "raw_bits", "supports"]
 
 CHUNK = 1 << 14  # entries per partial sum (4 × 64 KB of scratch, in L2): fixed, so sums are reproducible
 _BITS = {torch.bfloat16: (torch.int16, np.uint16, 16), torch.float32: (torch.int32, np.uint32, 0)}
+_STORED = {"BF16": (np.uint16, 16), "F32": (np.uint32, 0)}  # safetensors dtype → (bits, widening shift)
 
 try:  # numba is optional (the `fast` extra)
     import numba
@@ -151,25 +152,65 @@ def _bits(t: torch.Tensor) -> tuple[np.ndarray, int]:
     return t.reshape(-1).view(int_dtype).numpy().view(np_dtype), shift
 
 
+def raw_bits(data: memoryview | bytes, dtype: str) -> tuple[np.ndarray, int]:
+    """Stored bytes of a safetensors 'BF16' or 'F32' tensor as the kernel reads them (no copy)."""
+    if dtype not in _STORED:
+        raise ValueError(f"the fused kernel reads BF16 or F32 tensors, not {dtype}")
+    np_dtype, shift = _STORED[dtype]
+    return np.frombuffer(data, dtype=np_dtype), shift
+
+
+class FusedAccumulator:
+    """Pass-1 statistics over a tensor fed in consecutive blocks, each a whole number of :data:`CHUNK`
+    entries but the last: chunk partials are folded in chunk order, so the result is bit-identical
+    to one call on the whole tensor (and so to :func:`fused_stats`)."""
+
+    def __init__(self, tols: tuple[float, ...]) -> None:
+        self._tols = np.asarray(tols, dtype=np.float32)
+        self._n_tols = len(tols)
+        self.ref_ss = self.ss = 0.0
+        self.lo, self.hi = float("inf"), float("-inf")
+        self.nonzero = self.below = self.numel = 0
+        self.changed = [0] * len(tols)
+        self._ragged = False
+
+    def add(self, after: np.ndarray, shift_after: int, ref: np.ndarray, shift_ref: int) -> None:
+        n = after.size
+        if n != ref.size:
+            raise ValueError(f"block sizes differ ({n} vs {ref.size})")
+        if n == 0:
+            return
+        if self._ragged:
+            raise ValueError(f"only the last block may hold a partial chunk of {CHUNK} entries")
+        self._ragged = n % CHUNK != 0
+        kernel = _compile()
+        n_chunks = (n + CHUNK - 1) // CHUNK
+        out_f = np.zeros((n_chunks, 4), np.float64)
+        out_i = np.zeros((n_chunks, 2 + self._n_tols), np.int64)
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        kernel(after, ref, np.uint32(shift_after), np.uint32(shift_ref), self._tols, out_f, out_i)
+        for c in range(n_chunks):  # chunk order: independent of how prange shared the chunks out
+            self.ref_ss += float(out_f[c, 0])
+            self.ss += float(out_f[c, 1])
+        self.lo = min(self.lo, float(out_f[:, 2].min()))
+        self.hi = max(self.hi, float(out_f[:, 3].max()))
+        self.nonzero += int(out_i[:, 0].sum())
+        self.below += int(out_i[:, 1].sum())
+        for t, v in enumerate(out_i[:, 2:].sum(axis=0)):
+            self.changed[t] += int(v)
+        self.numel += n
+
+    def result(self) -> FusedStats:
+        return FusedStats(self.ref_ss, self.ss, self.lo, self.hi, self.nonzero, self.below, tuple(self.changed),
+                          self.numel)
+
+
 def fused_stats(after: torch.Tensor, ref: torch.Tensor, tols: tuple[float, ...]) -> FusedStats:
     """Every pass-1 statistic of after − ref in one read; needs :func:`supports` (after, ref)."""
     if not supports(after, ref) or after.numel() != ref.numel():
         raise ValueError("fused_stats needs two CPU bf16/float32 tensors of the same size")
-    kernel = _compile()
+    acc = FusedAccumulator(tols)
     a, sa = _bits(after)
     r, sr = _bits(ref)
-    n = a.size
-    n_chunks = max(1, (n + CHUNK - 1) // CHUNK)
-    out_f = np.zeros((n_chunks, 4), np.float64)
-    out_i = np.zeros((n_chunks, 2 + len(tols)), np.int64)
-    if n:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        kernel(a, r, np.uint32(sa), np.uint32(sr), np.asarray(tols, dtype=np.float32), out_f, out_i)
-    else:
-        out_f[:, 2], out_f[:, 3] = np.inf, -np.inf
-    ref_ss = ss = 0.0
-    for c in range(n_chunks):  # chunk order: independent of how prange shared the chunks out
-        ref_ss += float(out_f[c, 0])
-        ss += float(out_f[c, 1])
-    return FusedStats(ref_ss, ss, float(out_f[:, 2].min()), float(out_f[:, 3].max()), int(out_i[:, 0].sum()),
-                      int(out_i[:, 1].sum()), tuple(int(v) for v in out_i[:, 2:].sum(axis=0)), n)
+    acc.add(a, sa, r, sr)
+    return acc.result()

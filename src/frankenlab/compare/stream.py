@@ -23,7 +23,9 @@ import torch
 
 from frankenlab.arch.base import Adapter, TensorInfo
 from frankenlab.checkpoint import Checkpoint
+from frankenlab.checkpoint.direct import ByteRange, resident_fraction
 from frankenlab.compare import fused
+from frankenlab.compare.blocks import ITEMSIZE, Block, BlockStream, StreamItem
 from frankenlab.compare.metrics import (
     DEFAULT_SPARSITY_TOLS,
     DeltaFacts,
@@ -281,10 +283,8 @@ def _phase_record(facts: DeltaFacts, settings: SpectrumSettings) -> dict[str, An
     return rec
 
 
-def _fused_pass(after: torch.Tensor, before: torch.Tensor, tols: tuple[float, ...], ref: RunningStats,
-                stats: RunningStats, rel: RelativeCounts) -> None:
-    """Pass 1 in one compiled read (:mod:`frankenlab.compare.fused`), into the torch path's accumulators."""
-    f = fused.fused_stats(after, before, tols)
+def _fused_pass(f: fused.FusedStats, ref: RunningStats, stats: RunningStats, rel: RelativeCounts) -> None:
+    """Pass 1 from the compiled read (:mod:`frankenlab.compare.fused`), into the torch path's accumulators."""
     ref.sumsq, ref.numel = f.ref_sumsq, f.numel
     stats.sumsq, stats.numel, stats.nonzero = f.sumsq, f.numel, f.nonzero
     if f.numel:
@@ -293,7 +293,8 @@ def _fused_pass(after: torch.Tensor, before: torch.Tensor, tols: tuple[float, ..
 
 
 def compare_tensor(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: SpectrumSettings, work: Workspace,
-                   tols: tuple[float, ...] = DEFAULT_SPARSITY_TOLS, masks: MaskWriter | None = None) -> dict[str, Any]:
+                   tols: tuple[float, ...] = DEFAULT_SPARSITY_TOLS, masks: MaskWriter | None = None,
+                   blocks: Iterator[Block] | None = None) -> dict[str, Any]:
     """All phase metrics of one tensor (and cos(ΔIN, ΔRL) with a base), as a JSON-able record.
 
     Pass 1 walks the stored tensors (memory-mapped, in their own dtype) in flat blocks of `_BLOCK`
@@ -301,6 +302,9 @@ def compare_tensor(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: Spect
     sweep and the masks are accumulated (float64 sums). Exact spectra and the subspace geometry
     then stream the stored tensors again in float64 column blocks (`spectra`): Gram matrices, never
     a whole float32 copy. Only a lowrank spectrum keeps the whole float32 delta.
+
+    `blocks` (from :class:`~frankenlab.compare.blocks.BlockStream`, for a tensor :func:`streamable`
+    accepted) feeds pass 1 with bytes already read, instead of the memory map.
     """
     dtype = _compute_dtype(tp)
     method = settings.method_for(tp.shape)
@@ -314,11 +318,17 @@ def compare_tensor(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: Spect
     bits = {p: masks.open(tp.canonical, p) for p in phases} if masks is not None and tp.is_matrix else {}
     dot_in_rl = 0.0
     try:
-        with _stored(tp, ckpts) as stored:
-            one_read = (work.device.type == "cpu" and not has_base and not full and not bits
-                        and dtype == torch.float32 and fused.supports(*stored.values()))
-            if one_read:
-                _fused_pass(stored["rl"], stored["in"], tols, ref["rl"], stats["rl"], rel["rl"])
+        if blocks is not None:
+            acc = fused.FusedAccumulator(tols)
+            for block in blocks:
+                acc.add(*block["rl"], *block["in"])
+            _fused_pass(acc.result(), ref["rl"], stats["rl"], rel["rl"])
+        with contextlib.nullcontext({}) if blocks is not None else _stored(tp, ckpts) as stored:
+            one_read = blocks is not None or (
+                work.device.type == "cpu" and not has_base and not full and not bits
+                and dtype == torch.float32 and fused.supports(*stored.values()))
+            if one_read and blocks is None:
+                _fused_pass(fused.fused_stats(stored["rl"], stored["in"], tols), ref["rl"], stats["rl"], rel["rl"])
             for lo in range(0, 0 if one_read else n, _BLOCK):
                 hi = min(n, lo + _BLOCK)
                 w_in = work.take("block_in", hi - lo, dtype).copy_(stored["in"][lo:hi])
@@ -439,6 +449,40 @@ class Prefetcher:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def direct_mode() -> str:
+    """``FRANKENLAB_DIRECT``: 'auto' (default: stream what is not in the page cache), '1' (always), '0' (never)."""
+    mode = os.environ.get("FRANKENLAB_DIRECT", "auto").strip().lower()
+    if mode not in ("auto", "1", "0"):
+        raise CompareError(f"FRANKENLAB_DIRECT={mode!r}: use auto, 1 or 0.")
+    return mode
+
+
+def streamable(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: SpectrumSettings, device: torch.device,
+               masks: MaskWriter | None, mode: str = "auto") -> StreamItem | None:
+    """A :class:`StreamItem` when pass 1 of `tp` can be fed by the block stream, else None.
+
+    That needs the fused kernel's case (CPU, no base, no masks, BF16/F32 stored) and nothing after pass 1
+    that reads the stored tensor again (no spectrum, no geometry): a direct read bypasses the page
+    cache, so a second pass would go back to the disk. Under 'auto', a tensor mostly in the page cache
+    already is left to the memory map, which reads it at memory speed.
+    """
+    if (mode == "0" or device.type != "cpu" or "base" in ckpts or set(ckpts) != {"in", "rl"}
+            or (masks is not None and tp.is_matrix) or not fused.available() or tp.numel == 0
+            or settings.method_for(tp.shape) is not None or settings.geometry_for(tp.shape)
+            or _compute_dtype(tp) != torch.float32):
+        return None
+    ranges: dict[str, tuple[ByteRange, str]] = {}
+    for role, c in ckpts.items():
+        meta = c.meta(c.disk_name(tp.canonical))
+        size = ITEMSIZE.get(meta.dtype)
+        if size is None or meta.offset % size or meta.nbytes != tp.numel * size:
+            return None
+        ranges[role] = (ByteRange(c.root / meta.file, meta.offset, meta.nbytes), meta.dtype)
+    if mode == "auto" and sum(resident_fraction(r) for r, _ in ranges.values()) / len(ranges) >= 0.5:
+        return None
+    return StreamItem(tp.canonical, tp.numel, ranges)
+
+
 # -- the resumable cache -----------------------------------------------------------------------
 class ResultCache:
     """Per-tensor records appended as JSON lines, flushed per line; a torn last line is dropped.
@@ -494,7 +538,9 @@ def walk(plan: ComparePlan, ckpts: dict[str, Checkpoint], settings: SpectrumSett
          masks: MaskWriter | None = None, prefetch: bool = True) -> tuple[list[dict[str, Any]], int]:
     """Records for every planned tensor, reusing cached ones; returns (records, number computed).
 
-    With `prefetch`, the next tensor still to compute is read ahead while the current one is computed.
+    With `prefetch`, the next tensor still to compute is read ahead while the current one is computed:
+    through the block stream (direct reads, see :func:`streamable`) where pass 1 is all that reads
+    it, into the page cache otherwise.
     """
     done = cache.load({t.canonical for t in plan.tensors}, plan.phases) if cache is not None else {}
     if done:
@@ -504,18 +550,24 @@ def walk(plan: ComparePlan, ckpts: dict[str, Checkpoint], settings: SpectrumSett
     computed = 0
     numel_done = 0
     todo = [tp for tp in plan.tensors if tp.canonical not in done]
-    following = {a.canonical: b for a, b in zip(todo, todo[1:], strict=False)}
-    reader = Prefetcher(ckpts) if prefetch and todo else None
+    mode = direct_mode() if prefetch else "0"
+    items = {tp.canonical: item for tp in todo
+             if (item := streamable(tp, ckpts, settings, device, masks, mode)) is not None}
+    mapped = [tp for tp in todo if tp.canonical not in items]
+    following = {a.canonical: b for a, b in zip(mapped, mapped[1:], strict=False)}
+    reader = Prefetcher(ckpts) if prefetch and mapped else None
+    stream = BlockStream(list(items.values())) if items else None
     try:
         if reader is not None:
-            reader.ahead(todo[0])
+            reader.ahead(mapped[0])
         for i, tp in enumerate(plan.tensors):
             rec = done.get(tp.canonical)
             cached = rec is not None
             if rec is None:
-                if reader is not None:
+                blocks = stream.blocks(tp.canonical) if stream is not None and tp.canonical in items else None
+                if reader is not None and blocks is None:
                     reader.ahead(following.get(tp.canonical))
-                rec = compare_tensor(tp, ckpts, settings, work, tols, masks)
+                rec = compare_tensor(tp, ckpts, settings, work, tols, masks, blocks)
                 computed += 1
                 if cache is not None:
                     cache.append(rec)
@@ -524,6 +576,8 @@ def walk(plan: ComparePlan, ckpts: dict[str, Checkpoint], settings: SpectrumSett
             if progress is not None:
                 progress(ProgressEvent(i + 1, len(plan.tensors), tp.name, numel_done, plan.total_numel, cached))
     finally:
+        if stream is not None:
+            stream.close()
         if reader is not None:
             reader.close()
             if reader.failures:
