@@ -13,7 +13,7 @@ import torch
 from frankenlab.checkpoint import Checkpoint
 from frankenlab.checkpoint.direct import ByteRange
 from frankenlab.compare import compare_checkpoints, fused
-from frankenlab.compare.blocks import BlockStream, StreamItem
+from frankenlab.compare.blocks import BlockStream, StreamedTensor
 from frankenlab.compare.metrics import SpectrumSettings
 from frankenlab.compare.stream import direct_mode, plan_comparison, streamable
 from frankenlab.errors import CheckpointError, CompareError
@@ -61,7 +61,7 @@ def test_a_ragged_block_must_be_the_last() -> None:
         acc.add(*_bits(x), *_bits(x))
 
 
-def _items(ckpts: dict[str, Checkpoint]) -> list[StreamItem]:
+def _items(ckpts: dict[str, Checkpoint]) -> list[StreamedTensor]:
     plan = plan_comparison(ckpts)
     items = [streamable(tp, ckpts, SpectrumSettings(svd="none"), torch.device("cpu"), None, "1") for tp in plan.tensors]
     return [i for i in items if i is not None]
@@ -100,7 +100,7 @@ def test_out_of_order_requests_and_read_errors_reach_the_consumer(pair: dict[str
     short = tmp_path / "short.safetensors"
     short.write_bytes(b"\0" * 64)
     cut = (ByteRange(short, 0, 2000), "BF16")  # a header promising 2000 bytes of a 64-byte file
-    broken = StreamItem("x", 1000, {"in": cut, "rl": cut})
+    broken = StreamedTensor("x", 1000, {"in": cut, "rl": cut})
     stream = BlockStream([broken])
     try:
         with pytest.raises(CheckpointError, match="end of file"):

@@ -24,7 +24,7 @@ from frankenlab.errors import CompareError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BLOCK_ENTRIES", "BlockStream", "StreamItem"]
+__all__ = ["BLOCK_ENTRIES", "BlockStream", "StreamedTensor"]
 
 BLOCK_ENTRIES = 512 * fused.CHUNK  # 8 M entries: 16 MB of bf16 per checkpoint and read
 ITEMSIZE = {"BF16": 2, "F32": 4}
@@ -32,7 +32,7 @@ _END = object()
 
 
 @dataclass(frozen=True)
-class StreamItem:
+class StreamedTensor:
     """One tensor to stream: its element count and, per role ('in', 'rl'), where and how it is stored."""
 
     canonical: str
@@ -50,7 +50,7 @@ class BlockStream:
     whole tensor bit for bit. A read error reaches the consumer as the error of that tensor.
     """
 
-    def __init__(self, items: list[StreamItem], *, block_entries: int = BLOCK_ENTRIES, depth: int = 3,
+    def __init__(self, items: list[StreamedTensor], *, block_entries: int = BLOCK_ENTRIES, depth: int = 3,
                  direct: bool = True) -> None:
         if block_entries <= 0 or block_entries % fused.CHUNK:
             raise ValueError(f"block_entries must be a positive multiple of {fused.CHUNK}")

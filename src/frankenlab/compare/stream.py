@@ -25,7 +25,7 @@ from frankenlab.arch.base import Adapter, TensorInfo
 from frankenlab.checkpoint import Checkpoint
 from frankenlab.checkpoint.direct import ByteRange, resident_fraction
 from frankenlab.compare import fused
-from frankenlab.compare.blocks import ITEMSIZE, Block, BlockStream, StreamItem
+from frankenlab.compare.blocks import ITEMSIZE, Block, BlockStream, StreamedTensor
 from frankenlab.compare.metrics import (
     DEFAULT_SPARSITY_TOLS,
     DeltaFacts,
@@ -458,8 +458,8 @@ def direct_mode() -> str:
 
 
 def streamable(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: SpectrumSettings, device: torch.device,
-               masks: MaskWriter | None, mode: str = "auto") -> StreamItem | None:
-    """A :class:`StreamItem` when pass 1 of `tp` can be fed by the block stream, else None.
+               masks: MaskWriter | None, mode: str = "auto") -> StreamedTensor | None:
+    """A :class:`StreamedTensor` when pass 1 of `tp` can be fed by the block stream, else None.
 
     That needs the fused kernel's case (CPU, no base, no masks, BF16/F32 stored) and nothing after pass 1
     that reads the stored tensor again (no spectrum, no geometry): a direct read bypasses the page
@@ -480,7 +480,7 @@ def streamable(tp: TensorPlan, ckpts: dict[str, Checkpoint], settings: SpectrumS
         ranges[role] = (ByteRange(c.root / meta.file, meta.offset, meta.nbytes), meta.dtype)
     if mode == "auto" and sum(resident_fraction(r) for r, _ in ranges.values()) / len(ranges) >= 0.5:
         return None
-    return StreamItem(tp.canonical, tp.numel, ranges)
+    return StreamedTensor(tp.canonical, tp.numel, ranges)
 
 
 # -- the resumable cache -----------------------------------------------------------------------
