@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BLOCK_ENTRIES", "BlockStream", "StreamedTensor"]
 
 BLOCK_ENTRIES = 512 * fused.CHUNK  # 8 M entries: 16 MB of bf16 per checkpoint and read
-ITEMSIZE = {"BF16": 2, "F32": 4}
+ITEMSIZE = {dtype: np.dtype(bits).itemsize for dtype, (bits, _) in fused.STORED.items()}  # what can stream
 _END = object()
 
 

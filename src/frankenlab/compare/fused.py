@@ -24,11 +24,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHUNK", "FusedAccumulator", "FusedStats", "available", "fused_stats", "raw_bits", "supports"]
+__all__ = ["CHUNK", "FusedAccumulator", "FusedStats", "available", "fused_stats", "STORED", "raw_bits", "supports"]
 
 CHUNK = 1 << 14  # entries per partial sum (4 × 64 KB of scratch, in L2): fixed, so sums are reproducible
 _BITS = {torch.bfloat16: (torch.int16, np.uint16, 16), torch.float32: (torch.int32, np.uint32, 0)}
-_STORED = {"BF16": (np.uint16, 16), "F32": (np.uint32, 0)}  # safetensors dtype → (bits, widening shift)
+STORED = {"BF16": (np.uint16, 16), "F32": (np.uint32, 0)}  # safetensors dtype → (bits, widening shift)
 
 try:  # numba is optional (the `fast` extra)
     import numba
@@ -154,9 +154,9 @@ def _bits(t: torch.Tensor) -> tuple[np.ndarray, int]:
 
 def raw_bits(data: memoryview | bytes, dtype: str) -> tuple[np.ndarray, int]:
     """Stored bytes of a safetensors 'BF16' or 'F32' tensor as the kernel reads them (no copy)."""
-    if dtype not in _STORED:
+    if dtype not in STORED:
         raise ValueError(f"the fused kernel reads BF16 or F32 tensors, not {dtype}")
-    np_dtype, shift = _STORED[dtype]
+    np_dtype, shift = STORED[dtype]
     return np.frombuffer(data, dtype=np_dtype), shift
 
 
